@@ -1,0 +1,30 @@
+"""Validation of a job's config: one clear line naming the key and what is allowed."""
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from bench.errors import UserError
+from methods import Method, build_method
+
+POSITIVE = ["trainer.steps", "trainer.batch_size", "trainer.grad_accum", "trainer.lr",
+            "stages.base.steps", "stages.sft.steps", "eval.samples_per_prompt", "task.max_length"]
+
+
+def validate(cfg: DictConfig) -> None:
+    for key in POSITIVE:
+        value = OmegaConf.select(cfg, key)
+        if value is not None and not value > 0:
+            raise UserError(f"{key} must be > 0 (got {value})")
+    if cfg.init not in ("auto", "base", "sft"):
+        raise UserError(f"init={cfg.init!r} is not allowed; allowed: auto, base, sft")
+    if cfg.task.get("n_pairs") is not None and cfg.task.n_pairs < 1:
+        raise UserError(f"task.n_pairs must be > 0 (got {cfg.task.n_pairs}): the dataset would be empty")
+
+
+def method_from_config(method_cfg: DictConfig) -> Method:
+    params = OmegaConf.to_container(method_cfg, resolve=True)
+    name = params.pop("name")
+    try:
+        return build_method(name, **params)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc

@@ -1,0 +1,61 @@
+"""Evaluation metrics shared by every run (DESIGN.md, "Evaluation definitions"). Pure functions."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def prompt_win_rates(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> np.ndarray:
+    """Per prompt p: the fraction of (sample of A, sample of B) pairs where A scores higher, ties 1/2."""
+    out = []
+    for sa, sb in zip(a, b, strict=True):
+        x, y = np.asarray(sa, float)[:, None], np.asarray(sb, float)[None, :]
+        out.append(((x > y) + 0.5 * (x == y)).mean())
+    return np.asarray(out)
+
+
+def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean, resampling prompts with replacement."""
+    values = np.asarray(values, float)
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), (n_boot, len(values)))].mean(axis=1)
+    return float(np.quantile(means, (1 - level) / 2)), float(np.quantile(means, (1 + level) / 2))
+
+
+def win_rate(a, b, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Win rate of A over B on the same prompts with its 95% bootstrap CI over prompts."""
+    per_prompt = prompt_win_rates(a, b)
+    lo, hi = bootstrap_ci(per_prompt, n_boot, seed)
+    return {"mean": float(per_prompt.mean()) if len(per_prompt) else float("nan"), "ci_low": lo, "ci_high": hi}
+
+
+def distinct_n(texts: Sequence[str], n: int) -> float:
+    """Distinct n-grams over all n-grams of the texts (whitespace tokens); higher = more diverse."""
+    grams = [tuple(w[i: i + n]) for w in (t.split() for t in texts) for i in range(len(w) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def mean_pairwise_cosine(embeddings: np.ndarray) -> float:
+    """D(O) of ORPO section 6.4: mean cosine similarity over distinct pairs; lower = more diverse."""
+    e = np.asarray(embeddings, float)
+    if len(e) < 2:
+        return float("nan")
+    e = e / np.linalg.norm(e, axis=1, keepdims=True).clip(1e-12)
+    sims = e @ e.T
+    n = len(e)
+    return float((sims.sum() - np.trace(sims)) / (n * (n - 1)))
+
+
+def pid_aid(embeddings_by_prompt: Sequence[np.ndarray]) -> tuple[float, float]:
+    """PID: mean over prompts of D(that prompt's samples); AID: D(the first sample of every prompt)."""
+    pid = float(np.nanmean([mean_pairwise_cosine(e) for e in embeddings_by_prompt]))
+    aid = mean_pairwise_cosine(np.stack([e[0] for e in embeddings_by_prompt]))
+    return pid, aid
+
+
+def kl_estimate(logp_policy: Sequence[float], logp_ref: Sequence[float]) -> float:
+    """KL(pi || pi_ref) ~ mean over samples y ~ pi of [log pi(y|x) - log pi_ref(y|x)]."""
+    return float(np.mean(np.asarray(logp_policy, float) - np.asarray(logp_ref, float)))

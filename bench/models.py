@@ -1,0 +1,47 @@
+"""Models: tiny Llama configs built from scratch, or any hub id / local path."""
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from bench.errors import UserError
+from bench.hub import friendly_hub_errors
+
+
+def from_scratch(cfg: DictConfig, tokenizer, seed: int) -> LlamaForCausalLM:
+    """A randomly initialised Llama with the sizes in ``cfg.arch`` and the tokenizer's vocabulary."""
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.arch.hidden_size,
+        intermediate_size=cfg.arch.intermediate_size,
+        num_hidden_layers=cfg.arch.num_layers,
+        num_attention_heads=cfg.arch.num_heads,
+        num_key_value_heads=cfg.arch.num_heads,
+        max_position_embeddings=cfg.arch.max_positions,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def load_pretrained(path: str, cfg: DictConfig, dtype: torch.dtype | None = None):
+    """Model and tokenizer from a hub id or a local directory (safetensors only, no remote code by default)."""
+    kwargs = dict(trust_remote_code=bool(cfg.get("trust_remote_code", False)), use_safetensors=True)
+    with friendly_hub_errors("model", path):
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype or torch.float32, attn_implementation=cfg.get("attn_implementation", "sdpa"), **kwargs
+        )
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=kwargs["trust_remote_code"])
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.pad_token is None:
+        raise UserError(f"model {path}: tokenizer has neither a pad nor an eos token")
+    return model, tokenizer
+
+
+def n_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,142 @@
+"""conf -> data -> model: what a job needs before training, shared by the (task, model, seed) group.
+
+The tokenizer, the base model and the SFT policy are cached stages, so a sweep builds each once.
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from bench.data import Renderer, TokenizedData, tokenize
+from bench.logprobs import sequence_logps
+from bench.models import from_scratch, load_pretrained
+from bench.sources import corpus_rows, load_rows, task_spec
+from bench.stages import build_stage, stage_key
+from bench.tokenizer import train_bpe
+from bench.trainer import TrainSpec, train
+from bench.views import View, build_view, pack
+from methods import build_method
+
+
+def train_spec(cfg: DictConfig, **overrides) -> TrainSpec:
+    base = OmegaConf.to_container(cfg.trainer, resolve=True)
+    return TrainSpec(**(base | {"seed": int(cfg.seed)} | overrides))
+
+
+@dataclass
+class Group:
+    cfg: DictConfig
+    tokenizer: object
+    data: TokenizedData
+    base: str  # a stage folder, a hub id or a local path
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+    @property
+    def name(self) -> str:
+        return f"{self.cfg.task.name}/{self.cfg.model.name}/seed{self.cfg.seed}"
+
+    @cached_property
+    def sft(self) -> Path:
+        """The SFT stage: SFT from base on the chosen completions of the train split."""
+        cfg = self.cfg
+        spec = {"base": self.base, "task": task_spec(cfg.task), "seed": int(cfg.seed),
+                "train": OmegaConf.to_container(cfg.stages.sft, resolve=True)}
+
+        def build(tmp: Path) -> dict:
+            model = load_model(self.base)
+            view = build_view("sft", self.data.kind, self.data.train, int(cfg.seed))
+            stats = train(model, build_method("sft"), view, train_spec(cfg, **spec["train"], checkpoint_every=0),
+                          tmp, self.pad_id, desc=f"sft stage {self.name}")
+            save_model(model, self.tokenizer, tmp)
+            return {"train": stats}
+
+        return build_stage(cfg.cache_dir, "sft", spec, build)
+
+
+def load_model(path: str | Path):
+    path = str(path)
+    if Path(path).is_dir() and (Path(path) / "stage.json").exists():
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return load_pretrained(path, OmegaConf.create({}))[0]
+
+
+def save_model(model, tokenizer, path: Path) -> None:
+    shutil.rmtree(path / "checkpoint", ignore_errors=True)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+
+
+def prepare(cfg: DictConfig) -> Group:
+    rows, source = load_rows(cfg.task)
+    if cfg.model.source == "pretrained":
+        model, tokenizer = load_pretrained(cfg.model.path, cfg.model)
+        del model
+        base = str(cfg.model.path)
+    else:
+        tokenizer, base = _scratch_stages(cfg, rows)
+    data = tokenize(rows, tokenizer, cfg.task, int(cfg.seed), source)
+    return Group(cfg, tokenizer, data, base)
+
+
+def _scratch_stages(cfg: DictConfig, rows: list[dict]):
+    corpus = corpus_rows(cfg.task, rows)
+    tok_spec = {"task": task_spec(cfg.task), "vocab_size": int(cfg.task.vocab_size)}
+
+    def build_tokenizer(tmp: Path) -> dict:
+        texts = [f"{r['prompt']} {r['completion']}" if isinstance(r["prompt"], str) else str(r) for r in corpus]
+        train_bpe(texts, int(cfg.task.vocab_size)).save_pretrained(tmp)
+        return {}
+
+    tok_dir = build_stage(cfg.cache_dir, "tokenizer", tok_spec, build_tokenizer)
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    base_spec = {"tokenizer": stage_key("tokenizer", tok_spec), "arch": OmegaConf.to_container(cfg.model.arch),
+                 "seed": int(cfg.seed), "train": OmegaConf.to_container(cfg.stages.base, resolve=True)}
+
+    def build_base(tmp: Path) -> dict:
+        model = from_scratch(cfg.model, tokenizer, int(cfg.seed))
+        view = corpus_view(corpus, tokenizer, cfg.task)
+        stats = train(model, build_method("sft"), view, train_spec(cfg, **base_spec["train"], checkpoint_every=0),
+                      tmp, tokenizer.pad_token_id, desc=f"base stage {cfg.model.name}")
+        save_model(model, tokenizer, tmp)
+        return {"train": stats, "n_params": sum(p.numel() for p in model.parameters())}
+
+    return tokenizer, str(build_stage(cfg.cache_dir, "base", base_spec, build_base))
+
+
+def corpus_view(corpus: list[dict], tokenizer, task_cfg) -> View:
+    """Language-model pretraining: every token of each templated conversation is scored."""
+    r = Renderer(tokenizer, int(task_cfg.max_length), int(task_cfg.max_length))
+    examples = []
+    for row in corpus:
+        prompt = [{"role": "user", "content": row["prompt"]}] if isinstance(row["prompt"], str) else row["prompt"]
+        completion = row["completion"]
+        completion = [{"role": "assistant", "content": completion}] if isinstance(completion, str) else completion
+        ids = r.ids(r.prompt_text(prompt) + r.completion_text(prompt, completion))[: int(task_cfg.max_length)]
+        examples.append({"chosen": ([tokenizer.bos_token_id], ids)})
+    return View("sft", examples)
+
+
+def logprob_probe(view: View, pad_id: int, n: int = 32):
+    """Mean summed log-prob of held-out chosen and rejected completions: the log-prob dynamics,
+    measured on the same pairs for every method."""
+    indices = list(range(min(n, len(view))))
+
+    @torch.no_grad()
+    def probe(model) -> dict:
+        if not indices:
+            return {}
+        model.eval()
+        device = next(model.parameters()).device
+        stats = sequence_logps(model, pack(view, indices, ("chosen", "rejected"), pad_id).to(device))
+        return {f"probe/logps_{role}": float(s.sum.mean()) for role, s in stats.items()}
+
+    return probe

@@ -1,0 +1,61 @@
+"""Reference log-probs: one no-grad pass per (reference checkpoint, view data), cached on disk.
+
+The reference model is loaded only for this pass, so training never holds it in memory.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+from safetensors.torch import load_file, save_file
+
+from bench.logprobs import score_view
+from bench.views import View
+from methods import BatchLogps, SeqLogps
+
+
+def view_fingerprint(view: View) -> str:
+    h = hashlib.sha256(view.name.encode())
+    for ex in view.examples:
+        h.update(json.dumps(ex, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+class ReferenceLogps:
+    """S_ref and n for each (role, example) of a view; NaN where an example lacks the role."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        self.tensors = tensors
+
+    def lookup(self, index: dict[str, torch.Tensor], device) -> BatchLogps:
+        """Reference statistics for the examples ``index[role]`` of each role."""
+        def role(name):
+            if name not in index:
+                return None
+            idx = index[name].cpu()
+            return SeqLogps(self.tensors[f"{name}.sum"][idx].to(device), self.tensors[f"{name}.n"][idx].to(device))
+
+        chosen = role("chosen") or SeqLogps(torch.zeros(0, device=device), torch.zeros(0, device=device))
+        return BatchLogps(chosen, role("rejected"), role("mismatched"))
+
+
+def cached(cache_dir: Path, ref_key: str, view: View, load_model, pad_id: int, batch_size: int,
+           device) -> tuple[ReferenceLogps, bool]:
+    """Reference log-probs of ``view`` under the checkpoint ``ref_key``; returns (logps, cache_hit).
+
+    ``load_model`` is called only on a miss."""
+    path = Path(cache_dir) / "reflogps" / f"{ref_key}-{view_fingerprint(view)}.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if path.exists():
+            return ReferenceLogps(load_file(path)), True
+        model = load_model().to(device)
+        tensors = score_view(model, view, pad_id, batch_size, device)
+        del model
+        tmp = path.with_suffix(".tmp")
+        save_file(tensors, tmp)
+        tmp.replace(path)
+    return ReferenceLogps(tensors), False

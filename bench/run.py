@@ -1,0 +1,91 @@
+"""One job: conf -> data -> model -> trainer(method) -> eval -> run folder.
+
+A run folder holds config.yaml, metrics.jsonl, checkpoint/, samples.jsonl and summary.json. A job
+whose summary says ``done`` is skipped; an interrupted one resumes from its last checkpoint; a
+failing one records its status and error instead of raising, so a sweep goes on.
+"""
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from bench import refcache
+from bench.compute import peak_memory_mb
+from bench.config import method_from_config, validate
+from bench.errors import UserError
+from bench.evaluate import evaluate
+from bench.pipeline import Group, load_model, logprob_probe, prepare, train_spec
+from bench.results import read_json, write_atomic, write_json
+from bench.stages import stage_info
+from bench.trainer import NonFiniteLoss, train
+from bench.views import build_view
+
+
+def run_job(cfg: DictConfig, run_dir: str | Path) -> dict:
+    """Run (or skip, or resume) one job; always returns its summary."""
+    run_dir = Path(run_dir)
+    previous = read_json(run_dir / "summary.json", {})
+    if previous.get("status") == "done" and not cfg.force:
+        print(f"[prefbench] {run_dir}: done already, skipped")
+        return previous
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    summary = {"status": "running", "run": run_dir.name, "method": cfg.method.name, "model": cfg.model.name,
+               "task": cfg.task.name, "seed": int(cfg.seed), "error": None}
+    write_json(run_dir / "summary.json", summary)
+    t0 = time.perf_counter()
+    try:
+        summary |= _train_and_evaluate(cfg, run_dir)
+        summary["status"] = summary.pop("eval_status", "done")
+    except (UserError, NonFiniteLoss) as exc:
+        summary |= {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+    except Exception as exc:  # a crash in one job must not stop the sweep; keep the trace for debugging
+        write_atomic(run_dir / "error.log", traceback.format_exc())
+        summary |= {"status": "failed", "error": f"{type(exc).__name__}: {exc} (traceback in error.log)"}
+    summary["wall_seconds"] = time.perf_counter() - t0
+    write_json(run_dir / "summary.json", summary)
+    print(f"[prefbench] {run_dir}: {summary['status']}" + (f" ({summary['error']})" if summary["error"] else ""))
+    return summary
+
+
+def _train_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict:
+    validate(cfg)
+    method = method_from_config(cfg.method)
+    init = method.init if cfg.init == "auto" else cfg.init
+    group = prepare(cfg)
+    counts = dict(group.data.counts)
+    view = build_view(method.view, group.data.kind, group.data.train, int(cfg.seed))
+    start = group.sft if init == "sft" else group.base
+    model = load_model(start)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    reference, ref_hit = None, None
+    if method.needs_reference:
+        reference, ref_hit = refcache.cached(cfg.cache_dir, Path(group.sft).name, view,
+                                             lambda: load_model(group.sft), group.pad_id, 64, device)
+    if cfg.fault == "nan_loss":
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(float("nan"))
+    probe_view = build_view("paired", group.data.kind, group.data.eval, int(cfg.seed)) \
+        if group.data.kind == "paired" else None
+    stats = train(model, method, view, train_spec(cfg), run_dir, group.pad_id, reference,
+                  logprob_probe(probe_view, group.pad_id) if probe_view else None, desc=run_dir.name)
+    summary = {
+        "init": init, "n_params": sum(p.numel() for p in model.parameters()),
+        "reference_cache_hit": ref_hit, "resumed_from_step": stats["resumed_from_step"],
+        **{f"data/{k}": v for k, v in counts.items()},
+        **{f"train/{k}": v for k, v in stats["final"].items()},
+        "cost/train_seconds": stats["train_seconds"], "cost/train_tokens": stats["train_tokens"],
+        "cost/train_tokens_per_s": stats["tokens_per_s"],
+        "cost/train_flops": 6 * sum(p.numel() for p in model.parameters()) * stats["train_tokens"],
+        "cost/base_stage_seconds": stage_info(group.base).get("seconds"),
+        "cost/sft_stage_seconds": stage_info(group.sft).get("seconds") if init == "sft" else None,
+    }
+    summary |= evaluate(cfg, group, model, run_dir)
+    summary["cost/peak_memory_mb"] = peak_memory_mb()
+    return summary

@@ -1,0 +1,42 @@
+"""Cached stages (tokenizer, base, SFT, reward model): built once, keyed by a hash of what defines
+them, and safe when several jobs ask for the same stage at once (a file lock)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from filelock import FileLock
+
+from bench.results import read_json, write_json
+
+
+def stage_key(kind: str, spec: dict) -> str:
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
+    return f"{kind}-{digest[:12]}"
+
+
+def build_stage(cache_dir: str | Path, kind: str, spec: dict, build: Callable[[Path], dict | None]) -> Path:
+    """The folder of stage ``kind`` defined by ``spec``; ``build(tmp_dir)`` fills it on a miss and may
+    return statistics, kept in stage.json with the spec and the build time."""
+    path = Path(cache_dir) / "stages" / stage_key(kind, spec)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if (path / "stage.json").exists():
+            return path
+        tmp = path.with_name(path.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        t0 = time.perf_counter()
+        stats = build(tmp) or {}
+        write_json(tmp / "stage.json", {"kind": kind, "spec": spec, "seconds": time.perf_counter() - t0, **stats})
+        shutil.rmtree(path, ignore_errors=True)
+        tmp.rename(path)
+    return path
+
+
+def stage_info(path: str | Path) -> dict:
+    return read_json(Path(path) / "stage.json", {})

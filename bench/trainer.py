@@ -1,0 +1,146 @@
+"""The one trainer: every method, stage and device goes through ``train``.
+
+Per optimizer step: ``grad_accum`` micro-batches, each one forward over the concatenated
+chosen+rejected sequences (plus a no-grad forward for probe roles such as KTO's mismatched
+completions), the method's loss, backward; then gradient clipping, AdamW and the LR schedule.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from bench.checkpoint import load_checkpoint, save_checkpoint
+from bench.logprobs import sequence_logps
+from bench.refcache import ReferenceLogps
+from bench.results import MetricsLog
+from bench.train_metrics import uniform_metrics
+from bench.views import PROBE_ROLES, TRAINED_ROLES, View, pack
+from methods import BatchLogps, Method, SeqLogps
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainSpec:
+    steps: int
+    batch_size: int = 16
+    grad_accum: int = 1
+    lr: float = 1e-3
+    warmup_ratio: float = 0.1
+    scheduler: str = "cosine"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    log_every: int = 10
+    checkpoint_every: int = 0  # 0: only the final checkpoint
+    reward_beta: float = 0.1  # beta of the implicit reward in the uniform metrics
+    seed: int = 0
+    mixed_precision: str = "auto"  # auto: bf16 on CUDA, none on CPU
+    progress: bool = True
+
+
+def make_accelerator(spec: TrainSpec) -> Accelerator:
+    precision = spec.mixed_precision
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return Accelerator(mixed_precision=precision, gradient_accumulation_steps=spec.grad_accum)
+
+
+def batch_indices(n: int, batch_size: int, seed: int, micro_step: int, rank: int = 0, world: int = 1) -> list[int]:
+    """Example indices of micro-batch number ``micro_step``: a fresh seeded shuffle every epoch,
+    so the order is reproducible and resumable from any step."""
+    per_epoch = max(1, n // (batch_size * world))
+    epoch, k = divmod(micro_step, per_epoch)
+    order = list(range(n))
+    random.Random(seed * 100_003 + epoch).shuffle(order)
+    start = (k * world + rank) * batch_size
+    return order[start: start + batch_size]
+
+
+def forward(model, view: View, indices: list[int], pad_id: int, device) -> tuple[BatchLogps, dict]:
+    """Policy statistics of a micro-batch, and the example index of each role: one forward with grad
+    for the trained roles (chosen and rejected concatenated), one without grad for probe roles."""
+    trained = pack(view, indices, TRAINED_ROLES, pad_id).to(device)
+    stats, index = sequence_logps(model, trained), dict(trained.index)
+    probe = pack(view, indices, PROBE_ROLES, pad_id)
+    if probe is not None:
+        with torch.no_grad():
+            stats |= sequence_logps(model, probe.to(device))
+        index |= probe.index
+    empty = SeqLogps(torch.zeros(0, device=device), torch.zeros(0, device=device))
+    return BatchLogps(stats.get("chosen", empty), stats.get("rejected"), stats.get("mismatched")), index
+
+
+def train(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, pad_id: int,
+          reference: ReferenceLogps | None = None, probe=None, desc: str = "train") -> dict:
+    """Train ``model`` in place; checkpoints and metrics.jsonl go to ``out_dir``. Resumes from
+    ``out_dir/checkpoint`` when one exists. Returns the final metrics and compute statistics."""
+    if method.needs_reference and reference is None:
+        raise ValueError(f"method {method.name} needs reference log-probs")
+    accelerator = make_accelerator(spec)
+    torch.manual_seed(spec.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    scheduler = get_scheduler(spec.scheduler, optimizer, num_warmup_steps=math.ceil(spec.warmup_ratio * spec.steps),
+                              num_training_steps=spec.steps)
+    start_step = load_checkpoint(out_dir / "checkpoint", model, optimizer, scheduler)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    device = accelerator.device
+    log = MetricsLog(out_dir / "metrics.jsonl", start_step)
+    model.train()
+    tokens, elapsed, last = 0, 0.0, {}
+    bar = tqdm(range(start_step, spec.steps), desc=desc, initial=start_step, total=spec.steps,
+               disable=not (spec.progress and accelerator.is_main_process), leave=False)
+    for step in bar:
+        t0 = time.perf_counter()
+        step_metrics: list[dict] = []
+        for micro in range(spec.grad_accum):
+            indices = batch_indices(len(view), spec.batch_size, spec.seed, step * spec.grad_accum + micro,
+                                    accelerator.process_index, accelerator.num_processes)
+            with accelerator.accumulate(model):
+                with accelerator.autocast():
+                    policy, index = forward(model, view, indices, pad_id, device)
+                ref = reference.lookup(index, device) if reference is not None else None
+                out = method.loss(policy, ref if method.needs_reference else None)
+                if not torch.isfinite(out.loss):
+                    raise NonFiniteLoss(f"non-finite loss {float(out.loss)} at step {step}")
+                accelerator.backward(out.loss)
+                if accelerator.sync_gradients and spec.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), spec.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            tokens += view.n_tokens(indices)
+            m = uniform_metrics(policy, ref, spec.reward_beta, paired=view.name == "paired")
+            m |= {k: float(v) for k, v in out.metrics.items()}
+            m["loss"] = float(out.loss.detach())
+            step_metrics.append(m)
+        elapsed += time.perf_counter() - t0
+        done = step + 1
+        if done % spec.log_every == 0 or done == spec.steps:
+            last = {k: sum(m[k] for m in step_metrics if k in m) / sum(k in m for m in step_metrics)
+                    for k in step_metrics[-1]}
+            last |= {"step": done, "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens / max(elapsed, 1e-9)}
+            if probe is not None:
+                last |= probe(accelerator.unwrap_model(model))
+                model.train()
+            if accelerator.is_main_process:
+                log.append(last)
+            bar.set_postfix(loss=f"{last['loss']:.3f}")
+        if done == spec.steps or (spec.checkpoint_every and done % spec.checkpoint_every == 0):
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                save_checkpoint(out_dir / "checkpoint", accelerator.unwrap_model(model), optimizer, scheduler, done)
+    bar.close()
+    model = accelerator.unwrap_model(model)
+    model.eval()
+    return {"final": last, "train_tokens": tokens, "train_seconds": elapsed,
+            "tokens_per_s": tokens / max(elapsed, 1e-9), "resumed_from_step": start_step}

@@ -1,0 +1,41 @@
+"""Kahneman-Tversky Optimization (Ethayarajh et al. 2024, eq. 7)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from methods import register
+from methods.base import BatchLogps, LossOutput, Method
+
+
+@register
+@dataclass
+class KTO(Method):
+    """r = S_theta(y) - S_ref(y); z = max(0, mean_i[S_theta(x_i, y'_i) - S_ref(x_i, y'_i)]), detached,
+    y' a mismatched completion. Desirable: lambda_D (1 - sigma(beta (r - z))); undesirable:
+    lambda_U (1 - sigma(beta (z - r))); the loss is the mean over all examples of the batch.
+    """
+
+    beta: float = 0.1
+    desirable_weight: float = 1.0
+    undesirable_weight: float = 1.0
+    name = "kto"
+    view = "unpaired"
+    needs_reference = True
+    init = "sft"
+
+    def __post_init__(self):
+        self.require_positive(
+            beta=self.beta, desirable_weight=self.desirable_weight, undesirable_weight=self.undesirable_weight
+        )
+
+    def loss(self, policy: BatchLogps, reference: BatchLogps | None) -> LossOutput:
+        z = (policy.mismatched.sum - reference.mismatched.sum).mean().clamp(min=0).detach()
+        r_desirable = policy.chosen.sum - reference.chosen.sum
+        r_undesirable = policy.rejected.sum - reference.rejected.sum
+        losses = torch.cat([
+            self.desirable_weight * (1 - torch.sigmoid(self.beta * (r_desirable - z))),
+            self.undesirable_weight * (1 - torch.sigmoid(self.beta * (z - r_undesirable))),
+        ])
+        return LossOutput(losses.mean(), {"kto/kl": z})

@@ -1,0 +1,44 @@
+"""Odds Ratio Preference Optimization (Hong et al. 2024, eq. 6-7), reference-free.
+
+The NLL term covers completion tokens only (the official code's prompt-masked setting; TRL's ORPO
+trainer also counts the prompt tokens). ``lam`` is the paper's lambda (TRL calls it ``beta``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from methods import register
+from methods.base import BatchLogps, LossOutput, Method
+from methods.sft import token_mean_nll
+
+
+def log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(x)) for x < 0, stable on both sides of -log 2."""
+    return torch.where(x < -0.6931471805599453, torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
+
+
+@register
+@dataclass
+class ORPO(Method):
+    """L = NLL(yw) - lam * log sigma(log_odds),
+    log_odds = (A(yw) - A(yl)) - (log(1 - exp A(yw)) - log(1 - exp A(yl))), computed in float64.
+    """
+
+    lam: float = 1.0
+    name = "orpo"
+    view = "paired"
+    needs_reference = False
+    init = "base"
+
+    def __post_init__(self):
+        self.require_positive(lam=self.lam)
+
+    def loss(self, policy: BatchLogps, reference: BatchLogps | None) -> LossOutput:
+        chosen, rejected = policy.chosen.mean.double(), policy.rejected.mean.double()
+        log_odds = (chosen - rejected) - (log1mexp(chosen) - log1mexp(rejected))
+        odds_term = F.logsigmoid(log_odds).mean().to(policy.chosen.sum.dtype)
+        loss = token_mean_nll(policy.chosen) - self.lam * odds_term
+        return LossOutput(loss, {"orpo/log_odds": log_odds.mean().detach().float()})
