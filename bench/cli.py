@@ -21,10 +21,14 @@ GROUPS = ("task", "model", "method", "judge", "trainer", "eval", "stages", "swee
 _last_summary: dict = {}
 
 
+IDENTITY_KEYS = ("method.", "strength=", "init=")
+
+
 def _run_name(task: str, model: str, method: str, seed, override_dirname: str) -> str:
-    """Run folder name: the job's identity, then any other overrides (e.g. method.beta=0.3)."""
-    skip = ("task=", "model=", "method=", "seed=")
-    extra = [o for o in override_dirname.split(",") if o and not o.startswith(skip)]
+    """Run folder name: the job's identity, then overrides of the method's hyper-parameters
+    (e.g. method.beta=0.3, strength=2). Other settings are the sweep's; run_job refuses to reuse a
+    folder whose saved config differs."""
+    extra = [o for o in override_dirname.split(",") if o.startswith(IDENTITY_KEYS)]
     return ",".join([f"{task}-{model}-{method}-s{seed}", *extra])
 
 
@@ -33,6 +37,7 @@ def _register_resolvers() -> None:
 
     if not OmegaConf.has_resolver("run_name"):
         OmegaConf.register_new_resolver("run_name", _run_name)
+        OmegaConf.register_new_resolver("mul", lambda a, b: float(a) * float(b))
 
 
 def check_overrides(overrides: list[str]) -> None:
@@ -66,14 +71,18 @@ def _hydra(argv: list[str]) -> None:
     @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
     def job(cfg):
         global _last_summary
-        _last_summary = run_job(cfg, HydraConfig.get().runtime.output_dir)
+        try:
+            _last_summary = run_job(cfg, HydraConfig.get().runtime.output_dir)
+        except UserError as exc:  # a job that cannot start is reported, and a sweep goes on
+            print(f"prefbench: error: {exc}", file=sys.stderr)
+            _last_summary = {"status": "failed", "error": str(exc)}
         return _last_summary
 
     sys.argv = [sys.argv[0], *argv]
     job()
 
 
-def _compose(overrides: list[str]):
+def compose_config(overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
     _register_resolvers()
@@ -95,7 +104,7 @@ def cmd_sweep(args: list[str]) -> int:
     if not any(a.startswith("sweep=") for a in args):
         args = ["sweep=default", *args]
     check_overrides(args)
-    cfg = _compose(args)
+    cfg = compose_config(args)
     _hydra(["--multirun", *args])
     from bench.report import build_report
 

@@ -76,7 +76,7 @@ def evaluate(cfg, group, model, run_dir: Path) -> dict:
         return {"eval_status": "done", "eval/n_prompts": 0}
     device = next(model.parameters()).device
     tok, max_new = group.tokenizer, int(cfg.task.max_new_tokens)
-    prompts, prompt_ids = ev["prompt"], ev["prompt_ids"]
+    prompts, prompt_ids = list(ev["prompt"]), list(ev["prompt_ids"])
     t_gen = time.perf_counter()
     samples = generate(model, tok, prompt_ids, cfg, max_new, seed)
     gen_seconds, gen_tokens = time.perf_counter() - t_gen, sum(len(c) for s in samples for c in s)
@@ -104,7 +104,7 @@ def evaluate(cfg, group, model, run_dir: Path) -> dict:
     t_judge = time.perf_counter()
     scores = judge.score([prompts[i] for i, _ in flat], texts)
     anchor_scores = judge.score([p for p in prompts for _ in range(k)], anchor_texts)
-    chosen_scores = judge.score(prompts, ev["chosen_text"]) if "chosen_text" in ev.column_names else None
+    chosen_scores = judge.score(prompts, list(ev["chosen_text"])) if "chosen_text" in ev.column_names else None
     judge_seconds = time.perf_counter() - t_judge
     unjudged = sum(s is None for s in scores + anchor_scores + (chosen_scores or []))
 
@@ -113,7 +113,7 @@ def evaluate(cfg, group, model, run_dir: Path) -> dict:
         for (i, _), t, s, lp, lr in zip(flat, texts, scores, logp_pi.tolist(), logp_ref.tolist())])
 
     valid = [s for s in scores if s is not None]
-    out |= {"eval/n_prompts": len(prompts), "eval/samples_per_prompt": k, "eval/unjudged": unjudged,
+    out |= {"eval/judge": cfg.judge.name, "eval/n_prompts": len(prompts), "eval/samples_per_prompt": k, "eval/unjudged": unjudged,
             "eval/score_mean": float(np.mean(valid)) if valid else None,
             "eval/score_std": float(np.std(valid)) if valid else None,
             "eval/anchor_score_mean": _mean(anchor_scores),

@@ -45,12 +45,14 @@ class GoldJudge:
 
 
 class RewardModelJudge:
-    def __init__(self, path: str, batch_size: int = 32, trust_remote_code: bool = False, device: str | None = None):
+    def __init__(self, path: str, batch_size: int = 32, trust_remote_code: bool = False, device: str | None = None,
+                 new_head: bool = False):
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         with friendly_hub_errors("reward model", path):
             self.tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            head = {"num_labels": 1} if new_head else {}  # a causal LM's body plus a fresh scalar head
             self.model = AutoModelForSequenceClassification.from_pretrained(
-                path, trust_remote_code=trust_remote_code).to(self.device).eval()
+                path, trust_remote_code=trust_remote_code, **head).to(self.device).eval()
         if self.model.config.num_labels != 1:
             raise UserError(f"reward model {path}: has {self.model.config.num_labels} output labels; "
                             f"a reward model needs exactly 1 (a scalar score)")
@@ -170,7 +172,7 @@ def bt_stage(cfg: DictConfig, group) -> Path:
             "train": OmegaConf.to_container(cfg.judge.train, resolve=True)}
 
     def build(tmp: Path) -> dict:
-        judge = RewardModelJudge(group.base, int(cfg.judge.batch_size))
+        judge = RewardModelJudge(group.base, int(cfg.judge.batch_size), new_head=True)
         train = group.data.train
         pairs = [{"prompt": p, "chosen": c, "rejected": r}
                  for p, c, r in zip(train["prompt"], train["chosen_text"], train["rejected_text"])]

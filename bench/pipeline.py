@@ -63,10 +63,10 @@ class Group:
 
 
 def load_model(path: str | Path):
-    path = str(path)
-    if Path(path).is_dir() and (Path(path) / "stage.json").exists():
-        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    return load_pretrained(path, OmegaConf.create({}))[0]
+    """A causal LM from a stage or checkpoint folder of ours, a local model folder or a hub id."""
+    if (Path(path) / "config.json").exists():
+        return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, use_safetensors=True)
+    return load_pretrained(str(path), OmegaConf.create({}))[0]
 
 
 def save_model(model, tokenizer, path: Path) -> None:

@@ -6,12 +6,13 @@ failing one records its status and error instead of raising, so a sweep goes on.
 """
 from __future__ import annotations
 
-import os
+import shutil
 import time
 import traceback
 from pathlib import Path
 
 import torch
+import transformers
 from omegaconf import DictConfig, OmegaConf
 
 from bench import refcache
@@ -28,13 +29,23 @@ from bench.views import build_view
 
 def run_job(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Run (or skip, or resume) one job; always returns its summary."""
+    transformers.utils.logging.disable_progress_bar()  # also in launcher worker processes
+    transformers.utils.logging.set_verbosity_error()
     run_dir = Path(run_dir)
+    config_text = OmegaConf.to_yaml(cfg, resolve=True)
     previous = read_json(run_dir / "summary.json", {})
-    if previous.get("status") == "done" and not cfg.force:
-        print(f"[prefbench] {run_dir}: done already, skipped")
-        return previous
+    if previous and not cfg.force:
+        saved = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").exists() else None
+        if saved is not None and _settings(saved) != _settings(config_text):
+            raise UserError(f"{run_dir} holds a run with a different config; pass force=true to replace it, "
+                            f"or sweep_name=<new name> to keep both")
+        if previous.get("status") == "done":
+            print(f"[prefbench] {run_dir}: done already, skipped")
+            return previous
+    if cfg.force and (run_dir / "checkpoint").exists():
+        shutil.rmtree(run_dir / "checkpoint")
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    write_atomic(run_dir / "config.yaml", config_text)
     summary = {"status": "running", "run": run_dir.name, "method": cfg.method.name, "model": cfg.model.name,
                "task": cfg.task.name, "seed": int(cfg.seed), "error": None}
     write_json(run_dir / "summary.json", summary)
@@ -53,8 +64,19 @@ def run_job(cfg: DictConfig, run_dir: str | Path) -> dict:
     return summary
 
 
+def _settings(config_yaml: str) -> dict:
+    """What defines a run's result: its config without bookkeeping keys."""
+    cfg = OmegaConf.to_container(OmegaConf.create(config_yaml))
+    for key in ("force", "results_dir", "cache_dir", "sweep_name", "threads"):
+        cfg.pop(key, None)
+    cfg.get("trainer", {}).pop("progress", None)
+    return cfg
+
+
 def _train_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict:
     validate(cfg)
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
     method = method_from_config(cfg.method)
     init = method.init if cfg.init == "auto" else cfg.init
     group = prepare(cfg)

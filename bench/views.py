@@ -39,9 +39,9 @@ class View:
 
 def build_view(name: str, kind: str, ds: Dataset, seed: int) -> View:
     """The ``name`` view of a tokenized split of ``kind`` ('paired' or 'unpaired') data."""
-    p = ds["prompt_ids"]
+    p = list(ds["prompt_ids"])
     if kind == "paired":
-        c, r = ds["chosen_ids"], ds["rejected_ids"]
+        c, r = list(ds["chosen_ids"]), list(ds["rejected_ids"])
         if name == "paired":
             return View(name, [{"chosen": (p[i], c[i]), "rejected": (p[i], r[i])} for i in range(len(p))])
         if name == "sft":
@@ -50,7 +50,7 @@ def build_view(name: str, kind: str, ds: Dataset, seed: int) -> View:
             prompts, completions, labels = p + p, c + r, [True] * len(p) + [False] * len(p)
             return _unpaired(prompts, completions, labels, seed)
     else:
-        comp, labels = ds["completion_ids"], ds["label"]
+        comp, labels = list(ds["completion_ids"]), list(ds["label"])
         if name == "unpaired":
             return _unpaired(p, comp, labels, seed)
         if name == "sft":

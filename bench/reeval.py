@@ -1,0 +1,36 @@
+"""`prefbench eval RUN_DIR [judge=NAME] [key=value ...]`: evaluate a finished run again, without retraining."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from bench import CONF_DIR
+from bench.errors import UserError
+from bench.evaluate import evaluate
+from bench.pipeline import load_model, prepare
+from bench.results import read_json, write_json
+
+GROUPS = ("judge", "eval")
+
+
+def reevaluate(run_dir: Path, overrides: list[str]) -> dict:
+    if not (run_dir / "config.yaml").exists() or not (run_dir / "checkpoint" / "model.safetensors").exists():
+        raise UserError(f"{run_dir}: not a finished run folder (needs config.yaml and checkpoint/)")
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key in GROUPS:
+            options = sorted(p.stem for p in (CONF_DIR / key).glob("*.yaml"))
+            if value not in options:
+                raise UserError(f"{key}={value!r} is unknown; allowed: {', '.join(options)}")
+            cfg[key] = OmegaConf.load(CONF_DIR / key / f"{value}.yaml")
+        else:
+            cfg.merge_with(OmegaConf.from_dotlist([item]))
+    group = prepare(cfg)
+    model = load_model(run_dir / "checkpoint")
+    summary = read_json(run_dir / "summary.json", {})
+    summary = {k: v for k, v in summary.items() if not k.startswith("eval/")} | evaluate(cfg, group, model, run_dir)
+    summary["status"] = summary.pop("eval_status")
+    write_json(run_dir / "summary.json", summary)
+    return summary

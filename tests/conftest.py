@@ -1,0 +1,41 @@
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+# The smallest end-to-end setting: a ~0.16M-parameter model, a few steps of everything.
+SMOKE = ["model=tiny-xs", "task.n_pairs=160", "task.corpus_size=200", "task.eval_size=8", "stages.base.steps=15",
+         "stages.sft.steps=6", "trainer.steps=4", "trainer.log_every=2", "trainer.checkpoint_every=2",
+         "trainer.progress=false", "eval.samples_per_prompt=2", "eval.diversity=false", "eval.bootstrap=50"]
+
+
+def prefbench(*args, cwd=None, check=True, timeout=600, env=None):
+    """Run the real `prefbench` console script; returns the CompletedProcess."""
+    exe = Path(sys.executable).parent / "prefbench"
+    proc = subprocess.run([str(exe), *map(str, args)], cwd=cwd or REPO, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"prefbench {' '.join(map(str, args))} failed ({proc.returncode}):\n"
+                             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory):
+    """One stage cache for the whole session, so tokenizer/base/SFT stages are built once."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(2)

@@ -1,0 +1,134 @@
+"""Judges: a reward model from a local folder, the Bradley-Terry stage, and the LLM judge against a
+real HTTP server on 127.0.0.1 that answers well, with garbage, out of range, or too late."""
+import http.server
+import json
+import threading
+import time
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from transformers import LlamaConfig, LlamaForSequenceClassification
+
+from bench.cli import compose_config
+from bench.errors import UserError
+from bench.judges import LLMJudge, RewardModelJudge, bt_stage
+from bench.pipeline import prepare
+from bench.tasks import get_task
+from bench.tokenizer import train_bpe
+from tests.conftest import SMOKE
+
+
+@pytest.fixture(scope="module")
+def tiny_rm(tmp_path_factory):
+    """A randomly initialised 1-output classifier with our tokenizer, saved like a hub checkpoint."""
+    path = tmp_path_factory.mktemp("rm")
+    tok = train_bpe([r["prompt"] + " " + r["completion"] for r in get_task("reviews").corpus(100, 0)], 300)
+    torch.manual_seed(0)
+    model = LlamaForSequenceClassification(LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, num_labels=1, pad_token_id=tok.pad_token_id))
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_reward_model_judge_scores_in_batches(tiny_rm):
+    judge = RewardModelJudge(str(tiny_rm), batch_size=3)
+    prompts = ["Review it.", "Review it.", [{"role": "user", "content": "Review it."}], "x", "y"]
+    completions = ["a great film.", "a bad film.", "a great film.", "a great film.", "a great film."]
+    scores = judge.score(prompts, completions)
+    assert len(scores) == 5 and all(isinstance(s, float) for s in scores)
+    assert scores[0] == pytest.approx(scores[2], abs=1e-5)  # string prompt == one-turn conversation
+    assert scores[0] != pytest.approx(scores[1])
+    single = RewardModelJudge(str(tiny_rm), batch_size=1).score(prompts[:2], completions[:2])
+    assert single == pytest.approx(scores[:2], abs=1e-4)  # padding does not change a score
+
+
+def test_reward_model_with_wrong_labels_is_one_clear_error(tiny_rm, tmp_path):
+    from transformers import AutoTokenizer
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig.from_pretrained(tiny_rm)
+    cfg.num_labels = 3
+    LlamaForSequenceClassification(cfg).save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(tiny_rm).save_pretrained(tmp_path)
+    with pytest.raises(UserError, match="3 output labels; a reward model needs exactly 1"):
+        RewardModelJudge(str(tmp_path))
+
+
+def test_missing_reward_model_offline_fails_fast_with_one_line():
+    t0 = time.perf_counter()
+    with pytest.raises(UserError, match="unavailable: the hub is offline"):
+        RewardModelJudge("no-such-org/no-such-reward-model")
+    assert time.perf_counter() - t0 < 30
+
+
+def test_bradley_terry_stage_ranks_held_out_chosen_above_rejected(shared_cache):
+    cfg = compose_config(SMOKE + ["judge=bt", f"cache_dir={shared_cache}", "stages.base.steps=60",
+                                  "task.n_pairs=400", "task.eval_size=64", "judge.train.steps=120"])
+    group = prepare(cfg)
+    path = bt_stage(cfg, group)
+    assert bt_stage(cfg, group) == path  # cached
+    judge = RewardModelJudge(str(path))
+    ev = group.data.eval
+    chosen = judge.score(list(ev["prompt"]), list(ev["chosen_text"]))
+    rejected = judge.score(list(ev["prompt"]), list(ev["rejected_text"]))
+    accuracy = sum(c > r for c, r in zip(chosen, rejected)) / len(chosen)
+    assert accuracy >= 0.7, accuracy
+
+
+class FakeLLM(http.server.BaseHTTPRequestHandler):
+    """Answers in turn from ``script``: a score, garbage, an out-of-range score, or a stall."""
+
+    script: list = []
+    calls = 0
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        assert body["messages"][0]["role"] == "user"
+        kind = FakeLLM.script[FakeLLM.calls % len(FakeLLM.script)]
+        FakeLLM.calls += 1
+        if kind == "stall":
+            time.sleep(0.5)
+            return
+        content = {"garbage": "I think it is pretty good!", "range": '{"score": 42}'}.get(kind, f'{{"score": {kind}}}')
+        payload = json.dumps({"choices": [{"message": {"content": content}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture()
+def llm_server():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeLLM)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    FakeLLM.calls = 0
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+
+
+def llm_cfg(url, **kw):
+    return OmegaConf.create({"base_url": url, "model": "fake", "api_key_env": "PREFBENCH_TEST_KEY",
+                             "require_key": True, "timeout_s": 0.2, "max_retries": 2, **kw})
+
+
+def test_llm_judge_retries_garbage_then_marks_unjudged(llm_server, monkeypatch):
+    monkeypatch.setenv("PREFBENCH_TEST_KEY", "sk-test")
+    FakeLLM.script = ["7", "garbage", "8", "range", "range", "range", "stall", "stall", "stall"]
+    judge = LLMJudge(llm_cfg(llm_server))
+    scores = judge.score(["a", "b", "c", "d"], ["x", "y", "z", "w"])
+    # a: 7 ; b: garbage then 8 ; c: out of range three times -> None ; d: three stalls -> None
+    assert scores == [7.0, 8.0, None, None]
+    assert judge.failures == 2 and FakeLLM.calls == 9  # bounded: 1 + max_retries attempts each
+
+
+def test_llm_judge_needs_its_key_from_the_environment(llm_server, monkeypatch):
+    monkeypatch.delenv("PREFBENCH_TEST_KEY", raising=False)
+    with pytest.raises(UserError, match="PREFBENCH_TEST_KEY"):
+        LLMJudge(llm_cfg(llm_server))
