@@ -21,7 +21,7 @@ GROUPS = ("task", "model", "method", "judge", "trainer", "eval", "stages", "swee
 _last_summary: dict = {}
 
 
-IDENTITY_KEYS = ("method.", "strength=", "init=")
+IDENTITY_KEYS = ("method.", "strength=", "init=", "fault=")
 
 
 def _run_name(task: str, model: str, method: str, seed, override_dirname: str) -> str:
@@ -44,12 +44,14 @@ def check_overrides(overrides: list[str]) -> None:
     """One clear line for an unknown config-group option, before Hydra starts."""
     import methods
 
+    roots = [CONF_DIR] + [Path(p.strip(" []'\"").removeprefix("file://")) for o in overrides
+                          if o.startswith("hydra.searchpath=") for p in o.partition("=")[2].split(",")]
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or key.lstrip("+~") not in GROUPS:
             continue
         group = key.lstrip("+~")
-        allowed = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        allowed = sorted({p.stem for root in roots for p in (root / group).glob("*.yaml")})
         for v in value.split(","):
             if v not in allowed and v != "null":
                 extra = ""

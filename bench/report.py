@@ -9,17 +9,14 @@ import html
 import itertools
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from omegaconf import OmegaConf
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-
-from bench import eval_metrics as em  # noqa: E402
-from bench.errors import UserError  # noqa: E402
-from bench.results import read_json, read_jsonl, write_atomic  # noqa: E402
+from bench import eval_metrics as em
+from bench.errors import UserError
+from bench.results import read_json, read_jsonl, write_atomic
 
 METHOD_ORDER = ["sft", "dpo", "ipo", "kto", "orpo"]
 

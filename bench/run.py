@@ -53,8 +53,10 @@ def run_job(cfg: DictConfig, run_dir: str | Path) -> dict:
     try:
         summary |= _train_and_evaluate(cfg, run_dir)
         summary["status"] = summary.pop("eval_status", "done")
-    except (UserError, NonFiniteLoss) as exc:
-        summary |= {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+    except UserError as exc:
+        summary |= {"status": "failed", "error": str(exc)}
+    except NonFiniteLoss as exc:
+        summary |= {"status": "failed", "error": f"non-finite loss: {exc}"}
     except Exception as exc:  # a crash in one job must not stop the sweep; keep the trace for debugging
         write_atomic(run_dir / "error.log", traceback.format_exc())
         summary |= {"status": "failed", "error": f"{type(exc).__name__}: {exc} (traceback in error.log)"}

@@ -111,7 +111,7 @@ def train(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, pad
                 ref = reference.lookup(index, device) if reference is not None else None
                 out = method.loss(policy, ref if method.needs_reference else None)
                 if not torch.isfinite(out.loss):
-                    raise NonFiniteLoss(f"non-finite loss {float(out.loss)} at step {step}")
+                    raise NonFiniteLoss(f"loss is {float(out.loss)} at step {step}")
                 accelerator.backward(out.loss)
                 if accelerator.sync_gradients and spec.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), spec.max_grad_norm)

@@ -1,0 +1,129 @@
+"""The `prefbench` command end to end: every method through the CLI, clear one-line errors, the
+reference cache, and a method plugin that lives outside prefbench."""
+import json
+import textwrap
+
+import pytest
+
+from bench import refcache
+from bench.views import View
+from tests.conftest import SMOKE, prefbench
+
+UNIFORM = {"loss", "logps/chosen", "logps/chosen_per_token", "nll/chosen", "probe/logps_chosen",
+           "probe/logps_rejected", "tokens_per_s", "step", "lr"}
+WITH_REFERENCE = {"rewards/chosen", "rewards/rejected"}
+
+
+def test_methods_lists_the_registry():
+    out = prefbench("methods").stdout
+    for line in ["dpo      paired    yes       sft", "kto      unpaired  yes       sft",
+                 "orpo     paired    no        base", "sft      sft       no        base"]:
+        assert line in out
+
+
+def test_every_method_trains_end_to_end_through_the_cli(tmp_path, shared_cache):
+    proc = prefbench("sweep", "method=sft,dpo,ipo,kto,orpo", "hydra.launcher.n_jobs=1", f"results_dir={tmp_path}",
+                     f"cache_dir={shared_cache}", *SMOKE)
+    assert "report:" in proc.stdout
+    for method in ["sft", "dpo", "ipo", "kto", "orpo"]:
+        run = tmp_path / "default" / f"reviews-tiny-xs-{method}-s0"
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["status"] == "done", summary["error"]
+        assert (run / "checkpoint" / "model.safetensors").exists() and (run / "config.yaml").exists()
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows] == [2, 4]
+        expected = UNIFORM | (WITH_REFERENCE if method in ("dpo", "ipo", "kto") else set())
+        assert expected <= set(rows[-1]), expected - set(rows[-1])
+        if method != "sft":  # paired methods (and KTO, whose rejected are its undesirable examples)
+            assert "logps/rejected" in rows[-1]
+        # evaluation against the group's SFT anchor, for reference-free methods too
+        for key in ["eval/reward_margin", "eval/kl", "eval/win_rate_vs_sft", "eval/win_rate_vs_chosen"]:
+            assert summary[key] is not None, key
+    assert (tmp_path / "default" / "report" / "index.html").exists()
+
+
+def test_second_run_hits_the_reference_cache(tmp_path, shared_cache):
+    args = ["run", "method=dpo", f"results_dir={tmp_path}", f"cache_dir={tmp_path / 'cache'}", *SMOKE]
+    prefbench(*args)
+    prefbench(*args, "force=true")
+    summary = json.loads(next((tmp_path / "runs").glob("*dpo*/summary.json")).read_text())
+    assert summary["reference_cache_hit"] is True
+
+
+def test_reference_cache_skips_the_reference_forward(tmp_path):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    view = View("paired", [{"chosen": ([1, 2], [3, 4]), "rejected": ([1, 2], [5])}])
+    calls = []
+
+    def load():
+        calls.append(1)
+        torch.manual_seed(0)
+        return LlamaForCausalLM(LlamaConfig(vocab_size=8, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                            num_attention_heads=2, num_key_value_heads=2))
+
+    first, hit1 = refcache.cached(tmp_path, "sft-x", view, load, 0, 4, "cpu")
+    second, hit2 = refcache.cached(tmp_path, "sft-x", view, load, 0, 4, "cpu")
+    assert (hit1, hit2, len(calls)) == (False, True, 1)
+    assert torch.equal(first.tensors["chosen.sum"], second.tensors["chosen.sum"])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["method=foo"], "prefbench: error: method='foo' is unknown; allowed: dpo, ipo, kto, orpo, sft"),
+    (["model=huge"], "prefbench: error: model='huge' is unknown; allowed:"),
+    (["task=nope"], "prefbench: error: task='nope' is unknown; allowed:"),
+    (["method.beta=0"], "prefbench: error: method.beta must be > 0 (got 0)"),
+    (["method=orpo", "method.lam=-1"], "prefbench: error: method.lam must be > 0 (got -1)"),
+    (["trainer.steps=0"], "prefbench: error: trainer.steps must be > 0 (got 0)"),
+    (["task.n_pairs=0"], "prefbench: error: task.n_pairs must be > 0 (got 0)"),
+    (["+method.gamma=1"], "prefbench: error: method.gamma is not a parameter of dpo; allowed: beta"),
+])
+def test_bad_config_is_one_clear_line(tmp_path, args, message):
+    proc = prefbench("run", f"results_dir={tmp_path}", *args, check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+PLUGIN = '''
+from dataclasses import dataclass
+
+import torch
+
+from methods import LossOutput, Method
+
+
+@dataclass
+class Hinge(Method):
+    """SLiC-style hinge on the DPO log-ratio margin: max(0, 1 - beta * margin)."""
+
+    beta: float = 0.5
+    name = "hinge"
+    view = "paired"
+    needs_reference = True
+    init = "sft"
+
+    def loss(self, policy, reference):
+        margin = (policy.chosen.sum - reference.chosen.sum) - (policy.rejected.sum - reference.rejected.sum)
+        return LossOutput(torch.relu(1 - self.beta * margin).mean())
+'''
+
+
+def test_external_plugin_is_discovered_by_entry_point_and_trains(tmp_path, shared_cache):
+    site = tmp_path / "site"
+    (site / "myplugin").mkdir(parents=True)
+    (site / "myplugin" / "__init__.py").write_text(textwrap.dedent(PLUGIN))
+    dist = site / "myplugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: myplugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[prefbench.methods]\nhinge = myplugin:Hinge\n")
+    conf = tmp_path / "conf" / "method"
+    conf.mkdir(parents=True)
+    (conf / "hinge.yaml").write_text("name: hinge\nbeta: 0.5\n")
+    env = {"PYTHONPATH": str(site)}
+    assert "hinge    paired    yes       sft   beta=0.5" in prefbench("methods", env=env).stdout
+    prefbench("run", "method=hinge", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", f"results_dir={tmp_path}",
+              f"cache_dir={shared_cache}", *SMOKE, env=env)
+    summary = json.loads((tmp_path / "runs" / "reviews-tiny-xs-hinge-s0" / "summary.json").read_text())
+    assert summary["status"] == "done" and summary["method"] == "hinge" and summary["init"] == "sft"

@@ -1,0 +1,61 @@
+"""The report as a person sees it: index.html in a real headless Chromium, and the notebook."""
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, SMOKE, prefbench
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars"]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    prefbench("sweep", "method=sft,dpo", "model=tiny-xs,tiny-s", f"results_dir={root}",
+              *[a for a in SMOKE if not a.startswith("model=")])
+    return root / "default"
+
+
+def chromium() -> str:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium; .ci/run installs it)")
+    return exe
+
+
+def test_report_renders_in_headless_chromium(sweep, tmp_path):
+    exe = chromium()
+    page = (sweep / "report" / "index.html").as_uri()
+    common = [exe, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*common, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
+    assert dom.count("<img") == 7 and "All runs" in dom and "reviews-tiny-s-dpo-s0" not in dom
+    assert "dpo" in dom and "tiny-xs" in dom
+    shot = tmp_path / "report.png"
+    subprocess.run([*common, f"--screenshot={shot}", "--window-size=1200,2400", page], capture_output=True,
+                   timeout=120, check=True)
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(shot)[..., :3]
+    dark = (pixels.mean(axis=-1) < 0.6).mean()
+    assert pixels.shape[:2] == (2400, 1200) and 0.01 < dark < 0.5  # text and plots drawn, not a blank page
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50  # coloured plot lines, not only text
+
+
+def test_notebook_executes_on_a_finished_sweep(sweep):
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(REPO / "notebooks" / "compare.ipynb", as_version=4)
+    os.environ["PREFBENCH_SWEEP"] = str(sweep)
+    try:
+        NotebookClient(nb, timeout=300, kernel_name="python3",
+                       resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
+    finally:
+        del os.environ["PREFBENCH_SWEEP"]
+    images = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert images == 7
+    assert "dpo" in str(nb.cells[1].outputs[0]["data"]["text/plain"])
