@@ -13,7 +13,8 @@ POSITIVE = ["trainer.steps", "trainer.batch_size", "trainer.grad_accum", "traine
 def validate(cfg: DictConfig) -> None:
     for key in POSITIVE:
         value = OmegaConf.select(cfg, key)
-        if value is not None and not value > 0:
+        by_epochs = key.endswith(".steps") and OmegaConf.select(cfg, key.replace(".steps", ".epochs"))
+        if value is not None and not value > 0 and not by_epochs:
             raise UserError(f"{key} must be > 0 (got {value})")
     if cfg.init not in ("auto", "base", "sft"):
         raise UserError(f"init={cfg.init!r} is not allowed; allowed: auto, base, sft")

@@ -5,7 +5,8 @@ Rows arrive in TRL's standard formats, plain text or conversational:
   unpaired: {prompt, completion, label}    (label true = desirable)
 Truncation policy: a prompt keeps its LAST ``max_prompt_length`` tokens (the end of a conversation
 matters most), then a completion keeps its FIRST ``max_length - len(prompt)`` tokens. Both are
-counted; a row is dropped only if no completion token would remain.
+counted; a row is dropped only if no completion token would remain, or, with ``drop_overlong: true``,
+whenever it would need truncating.
 """
 from __future__ import annotations
 
@@ -49,6 +50,9 @@ def clean_rows(rows: list[dict], counts: Counter) -> tuple[str, list[dict]]:
         if not isinstance(row, dict):
             counts["drop/not_a_record"] += 1
             continue
+        if row.get("prompt") is not None and all(row.get(f) is None for f in fields):
+            counts["drop/prompt_only"] += 1
+            continue
         if any(row.get(f) is None for f in ("prompt", *fields)) or (kind == "unpaired" and row.get("label") is None):
             counts["drop/missing_field"] += 1
             continue
@@ -83,8 +87,9 @@ def clean_rows(rows: list[dict], counts: Counter) -> tuple[str, list[dict]]:
 class Renderer:
     """Applies the chat template once and splits the text into prompt and completion token ids."""
 
-    def __init__(self, tokenizer, max_length: int, max_prompt_length: int):
+    def __init__(self, tokenizer, max_length: int, max_prompt_length: int, drop_overlong: bool = False):
         self.tok, self.max_length, self.max_prompt_length = tokenizer, max_length, max_prompt_length
+        self.drop_overlong = drop_overlong
 
     def prompt_text(self, prompt: Messages) -> str:
         if self.tok.chat_template:
@@ -104,13 +109,17 @@ class Renderer:
 
     def render(self, row: dict, fields: tuple[str, ...], counts: Counter) -> dict | None:
         prompt_ids = self.ids(self.prompt_text(row["prompt"]))
+        completions = {f: self.ids(self.completion_text(row["prompt"], row[f])) for f in fields}
+        if self.drop_overlong and (len(prompt_ids) > self.max_prompt_length or any(
+                len(prompt_ids) + len(c) > self.max_length for c in completions.values())):
+            counts["drop/too_long"] += 1
+            return None
         if len(prompt_ids) > self.max_prompt_length:
             counts["truncated/prompt"] += 1
             prompt_ids = prompt_ids[-self.max_prompt_length:]
         room = self.max_length - len(prompt_ids)
         out = {"prompt_ids": prompt_ids}
-        for f in fields:
-            ids = self.ids(self.completion_text(row["prompt"], row[f]))
+        for f, ids in completions.items():
             if room < 1:
                 counts["drop/too_long"] += 1
                 return None
@@ -122,9 +131,11 @@ class Renderer:
         return out
 
 
-def tokenize(rows: list[dict], tokenizer, cfg, seed: int, source: str) -> TokenizedData:
-    """Clean, split by seed and tokenize ``rows``; ``source`` names them in errors."""
-    counts: Counter = Counter(rows_in=len(rows))
+def tokenize(rows: list[dict], tokenizer, cfg, seed: int, source: str, counts: Counter | None = None) -> TokenizedData:
+    """Clean, split by seed and tokenize ``rows``; ``source`` names them in errors; ``counts`` carries
+    the drops of earlier steps (unparseable lines, unmappable rows)."""
+    counts = Counter(counts or {})
+    counts["rows_in"] = len(rows) + sum(v for k, v in counts.items() if k.startswith("drop/"))
     kind, rows = clean_rows(rows, counts)
     if not rows:
         reasons = ", ".join(f"{k.split('/')[1]}: {v}" for k, v in counts.most_common() if k.startswith("drop/"))
@@ -132,7 +143,7 @@ def tokenize(rows: list[dict], tokenizer, cfg, seed: int, source: str) -> Tokeni
     rows = list(rows)
     random.Random(seed).shuffle(rows)
     n_eval = min(int(cfg.eval_size), len(rows) // 5)
-    renderer = Renderer(tokenizer, int(cfg.max_length), int(cfg.max_prompt_length))
+    renderer = Renderer(tokenizer, int(cfg.max_length), int(cfg.max_prompt_length), bool(cfg.get("drop_overlong")))
     fields = ("completion",) if kind == "unpaired" else ("chosen", "rejected")
     rendered = []
     for row in rows:

@@ -28,6 +28,20 @@ def from_scratch(cfg: DictConfig, tokenizer, seed: int) -> LlamaForCausalLM:
     return LlamaForCausalLM(config)
 
 
+def attach_lora(model, lora: DictConfig):
+    """Wrap ``model`` with fresh LoRA adapters (peft). The frozen weights under the adapters are the
+    reference: ``model.disable_adapter()`` gives it back without a second copy in memory."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as exc:
+        raise UserError("model.lora needs peft: pip install 'prefbench[lora]'") from exc
+    targets = lora.get("target_modules", "all-linear")
+    config = LoraConfig(r=int(lora.get("r", 16)), lora_alpha=int(lora.get("alpha", 32)),
+                        lora_dropout=float(lora.get("dropout", 0.0)), task_type="CAUSAL_LM",
+                        target_modules=targets if isinstance(targets, str) else list(targets))
+    return get_peft_model(model, config)
+
+
 def load_pretrained(path: str, cfg: DictConfig, dtype: torch.dtype | None = None):
     """Model and tokenizer from a hub id or a local directory (safetensors only, no remote code by default)."""
     kwargs = dict(trust_remote_code=bool(cfg.get("trust_remote_code", False)), use_safetensors=True)

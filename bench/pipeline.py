@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bench.data import Renderer, TokenizedData, tokenize
 from bench.logprobs import sequence_logps
-from bench.models import from_scratch, load_pretrained
+from bench.models import attach_lora, from_scratch, load_pretrained
 from bench.sources import corpus_rows, load_rows, task_spec
 from bench.stages import build_stage, stage_key
 from bench.tokenizer import train_bpe
@@ -48,15 +48,18 @@ class Group:
     def sft(self) -> Path:
         """The SFT stage: SFT from base on the chosen completions of the train split."""
         cfg = self.cfg
+        lora = cfg.model.get("lora")
         spec = {"base": self.base, "task": task_spec(cfg.task), "seed": int(cfg.seed),
-                "train": OmegaConf.to_container(cfg.stages.sft, resolve=True)}
+                "train": OmegaConf.to_container(cfg.stages.sft, resolve=True),
+                "lora": OmegaConf.to_container(lora) if lora else None}
 
         def build(tmp: Path) -> dict:
             model = load_model(self.base)
+            model = attach_lora(model, lora) if lora else model
             view = build_view("sft", self.data.kind, self.data.train, int(cfg.seed))
             stats = train(model, build_method("sft"), view, train_spec(cfg, **spec["train"], checkpoint_every=0),
                           tmp, self.pad_id, desc=f"sft stage {self.name}")
-            save_model(model, self.tokenizer, tmp)
+            save_model(model.merge_and_unload() if lora else model, self.tokenizer, tmp)
             return {"train": stats}
 
         return build_stage(cfg.cache_dir, "sft", spec, build)
@@ -76,14 +79,14 @@ def save_model(model, tokenizer, path: Path) -> None:
 
 
 def prepare(cfg: DictConfig) -> Group:
-    rows, source = load_rows(cfg.task)
+    rows, source, source_counts = load_rows(cfg.task)
     if cfg.model.source == "pretrained":
         model, tokenizer = load_pretrained(cfg.model.path, cfg.model)
         del model
         base = str(cfg.model.path)
     else:
         tokenizer, base = _scratch_stages(cfg, rows)
-    data = tokenize(rows, tokenizer, cfg.task, int(cfg.seed), source)
+    data = tokenize(rows, tokenizer, cfg.task, int(cfg.seed), source, source_counts)
     return Group(cfg, tokenizer, data, base)
 
 
@@ -92,7 +95,7 @@ def _scratch_stages(cfg: DictConfig, rows: list[dict]):
     tok_spec = {"task": task_spec(cfg.task), "vocab_size": int(cfg.task.vocab_size)}
 
     def build_tokenizer(tmp: Path) -> dict:
-        texts = [f"{r['prompt']} {r['completion']}" if isinstance(r["prompt"], str) else str(r) for r in corpus]
+        texts = [_text(r["prompt"]) + " " + _text(r["completion"]) for r in corpus]
         train_bpe(texts, int(cfg.task.vocab_size)).save_pretrained(tmp)
         return {}
 
@@ -110,6 +113,10 @@ def _scratch_stages(cfg: DictConfig, rows: list[dict]):
         return {"train": stats, "n_params": sum(p.numel() for p in model.parameters())}
 
     return tokenizer, str(build_stage(cfg.cache_dir, "base", base_spec, build_base))
+
+
+def _text(value) -> str:
+    return value if isinstance(value, str) else " ".join(str(m.get("content", "")) for m in value if isinstance(m, dict))
 
 
 def corpus_view(corpus: list[dict], tokenizer, task_cfg) -> View:

@@ -8,7 +8,10 @@ from omegaconf import OmegaConf
 from bench import CONF_DIR
 from bench.errors import UserError
 from bench.evaluate import evaluate
-from bench.pipeline import load_model, prepare
+from bench.checkpoint import load_weights
+from bench.config import method_from_config
+from bench.pipeline import prepare
+from bench.run import build_policy, init_checkpoint
 from bench.results import read_json, write_json
 
 GROUPS = ("judge", "eval")
@@ -28,7 +31,8 @@ def reevaluate(run_dir: Path, overrides: list[str]) -> dict:
         else:
             cfg.merge_with(OmegaConf.from_dotlist([item]))
     group = prepare(cfg)
-    model = load_model(run_dir / "checkpoint")
+    _, start = init_checkpoint(cfg, group, method_from_config(cfg.method))
+    model = load_weights(build_policy(cfg, start), run_dir / "checkpoint")
     summary = read_json(run_dir / "summary.json", {})
     summary = {k: v for k, v in summary.items() if not k.startswith("eval/")} | evaluate(cfg, group, model, run_dir)
     summary["status"] = summary.pop("eval_status")

@@ -4,6 +4,7 @@ The reference model is loaded only for this pass, so training never holds it in 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -43,17 +44,19 @@ class ReferenceLogps:
 
 
 def cached(cache_dir: Path, ref_key: str, view: View, load_model, pad_id: int, batch_size: int,
-           device) -> tuple[ReferenceLogps, bool]:
+           device, context=contextlib.nullcontext) -> tuple[ReferenceLogps, bool]:
     """Reference log-probs of ``view`` under the checkpoint ``ref_key``; returns (logps, cache_hit).
 
-    ``load_model`` is called only on a miss."""
+    ``load_model`` is called only on a miss, and the pass runs inside ``context()`` (for LoRA:
+    the policy with its adapters disabled)."""
     path = Path(cache_dir) / "reflogps" / f"{ref_key}-{view_fingerprint(view)}.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if path.exists():
             return ReferenceLogps(load_file(path)), True
         model = load_model().to(device)
-        tensors = score_view(model, view, pad_id, batch_size, device)
+        with context():
+            tensors = score_view(model, view, pad_id, batch_size, device)
         del model
         tmp = path.with_suffix(".tmp")
         save_file(tensors, tmp)

@@ -6,6 +6,7 @@ failing one records its status and error instead of raising, so a sweep goes on.
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 import traceback
@@ -22,7 +23,8 @@ from bench.errors import UserError
 from bench.evaluate import evaluate
 from bench.pipeline import Group, load_model, logprob_probe, prepare, train_spec
 from bench.results import read_json, write_atomic, write_json
-from bench.stages import stage_info
+from bench.models import attach_lora
+from bench.stages import stage_info, stage_key
 from bench.trainer import NonFiniteLoss, train
 from bench.views import build_view
 
@@ -66,6 +68,18 @@ def run_job(cfg: DictConfig, run_dir: str | Path) -> dict:
     return summary
 
 
+def init_checkpoint(cfg: DictConfig, group: Group, method) -> tuple[str, str]:
+    """Where a run starts: ('sft', the group's SFT stage) or ('base', the base model)."""
+    init = method.init if cfg.init == "auto" else cfg.init
+    return init, str(group.sft if init == "sft" else group.base)
+
+
+def build_policy(cfg: DictConfig, start):
+    """The model a run trains: its init checkpoint, with LoRA adapters when ``model.lora`` is set."""
+    model = load_model(start)
+    return attach_lora(model, cfg.model.lora) if cfg.model.get("lora") else model
+
+
 def _settings(config_yaml: str) -> dict:
     """What defines a run's result: its config without bookkeeping keys."""
     cfg = OmegaConf.to_container(OmegaConf.create(config_yaml))
@@ -80,17 +94,19 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict:
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     method = method_from_config(cfg.method)
-    init = method.init if cfg.init == "auto" else cfg.init
     group = prepare(cfg)
     counts = dict(group.data.counts)
     view = build_view(method.view, group.data.kind, group.data.train, int(cfg.seed))
-    start = group.sft if init == "sft" else group.base
-    model = load_model(start)
+    init, start = init_checkpoint(cfg, group, method)
+    model = build_policy(cfg, start)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     reference, ref_hit = None, None
-    if method.needs_reference:
-        reference, ref_hit = refcache.cached(cfg.cache_dir, Path(group.sft).name, view,
-                                             lambda: load_model(group.sft), group.pad_id, 64, device)
+    if method.needs_reference:  # the reference is the policy's init; with LoRA, the same weights minus adapters
+        lora = bool(cfg.model.get("lora"))
+        reference, ref_hit = refcache.cached(
+            cfg.cache_dir, stage_key("ref", {"start": str(start)}), view,
+            (lambda: model) if lora else (lambda: load_model(start)), group.pad_id, 64, device,
+            context=model.disable_adapter if lora else contextlib.nullcontext)
     if cfg.fault == "nan_loss":
         with torch.no_grad():
             for p in model.parameters():

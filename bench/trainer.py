@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -32,7 +32,8 @@ class NonFiniteLoss(RuntimeError):
 
 @dataclass
 class TrainSpec:
-    steps: int
+    steps: int = 0
+    epochs: float | None = None  # when set, steps = ceil(epochs * examples / examples per step)
     batch_size: int = 16
     grad_accum: int = 1
     lr: float = 1e-3
@@ -87,6 +88,9 @@ def train(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, pad
     if method.needs_reference and reference is None:
         raise ValueError(f"method {method.name} needs reference log-probs")
     accelerator = make_accelerator(spec)
+    if spec.epochs:
+        per_step = spec.batch_size * spec.grad_accum * accelerator.num_processes
+        spec = replace(spec, steps=max(1, math.ceil(spec.epochs * len(view) / per_step)))
     torch.manual_seed(spec.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     scheduler = get_scheduler(spec.scheduler, optimizer, num_warmup_steps=math.ceil(spec.warmup_ratio * spec.steps),
