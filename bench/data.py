@@ -131,7 +131,8 @@ class Renderer:
         return out
 
 
-def tokenize(rows: list[dict], tokenizer, cfg, seed: int, source: str, counts: Counter | None = None) -> TokenizedData:
+def tokenize(rows: list[dict], tokenizer, cfg, seed: int, source: str, counts: Counter | None = None,
+             shuffle: bool = True) -> TokenizedData:
     """Clean, split by seed and tokenize ``rows``; ``source`` names them in errors; ``counts`` carries
     the drops of earlier steps (unparseable lines, unmappable rows)."""
     counts = Counter(counts or {})
@@ -141,7 +142,8 @@ def tokenize(rows: list[dict], tokenizer, cfg, seed: int, source: str, counts: C
         reasons = ", ".join(f"{k.split('/')[1]}: {v}" for k, v in counts.most_common() if k.startswith("drop/"))
         raise UserError(f"{source}: no valid rows ({reasons or 'the dataset is empty'})")
     rows = list(rows)
-    random.Random(seed).shuffle(rows)
+    if shuffle:
+        random.Random(seed).shuffle(rows)
     n_eval = min(int(cfg.eval_size), len(rows) // 5)
     renderer = Renderer(tokenizer, int(cfg.max_length), int(cfg.max_prompt_length), bool(cfg.get("drop_overlong")))
     fields = ("completion",) if kind == "unpaired" else ("chosen", "rejected")

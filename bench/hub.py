@@ -1,14 +1,44 @@
-"""Turn the hub's offline failures into one clear line instead of a deep traceback."""
+"""Hub access that fails fast and clearly: one line naming what was asked and how to provide it."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import socket
+import sys
+from urllib.parse import urlparse
 
 from bench.errors import UserError
 
 
+@functools.lru_cache(maxsize=1)
+def ensure_reachable_or_offline(timeout: float = 3.0) -> bool:
+    """Probe the hub endpoint once per process. If it cannot be reached, switch huggingface_hub and
+    datasets to offline mode (cached items still load) instead of retrying each file for a minute."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    import huggingface_hub.constants as hub_constants
+
+    url = urlparse(hub_constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        print(f"prefbench: {url.hostname} is unreachable; using the local cache only (HF_HUB_OFFLINE=1)",
+              file=sys.stderr)
+        os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
+        hub_constants.HF_HUB_OFFLINE = True
+        with contextlib.suppress(ImportError):
+            import datasets.config
+
+            datasets.config.HF_HUB_OFFLINE = True
+        return False
+
+
 @contextlib.contextmanager
 def friendly_hub_errors(kind: str, name: str):
+    if not os.path.exists(name):
+        ensure_reachable_or_offline()
     try:
         yield
     except (OSError, ValueError) as exc:

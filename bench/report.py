@@ -174,11 +174,13 @@ def plot_reward_kl(df: pd.DataFrame) -> plt.Figure:
     for method in _methods(d):
         g = d[d["method"] == method]
         ax.scatter(g["eval/kl"], g["eval/score_mean"], label=method, s=18 + 30 * _size_rank(d, g))
-        if "hyper" in g:
-            for _, r in g.iterrows():
-                if isinstance(r.get("hyper"), str) and r["hyper"]:
-                    ax.annotate(r["hyper"], (r["eval/kl"], r["eval/score_mean"]), fontsize=6, alpha=0.7)
-    ax.set(xlabel="KL(pi || pi_SFT), nats per sample", ylabel="mean judge score", title="reward vs KL frontier")
+        varying = [c for c in g.columns if c.startswith("method.") and g[c].nunique() > 1]
+        for _, r in g.iterrows():  # label points only by the hyper-parameters that vary (a beta sweep)
+            if varying:
+                label = ",".join(f"{c.removeprefix('method.')}={r[c]:g}" for c in varying)
+                ax.annotate(label, (r["eval/kl"], r["eval/score_mean"]), fontsize=7, alpha=0.8)
+    ax.set(xlabel="KL(pi || pi_SFT), nats per sample", ylabel="mean judge score",
+           title="reward vs KL frontier (marker size = model size)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

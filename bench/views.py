@@ -33,8 +33,9 @@ class View:
     def roles(self) -> list[str]:
         return sorted({r for ex in self.examples for r in ex})
 
-    def n_tokens(self, indices) -> int:
-        return sum(len(p) + len(c) for i in indices for p, c in self.examples[i].values())
+    def n_tokens(self, indices, roles=TRAINED_ROLES) -> int:
+        """Tokens of the sequences trained on (probe roles such as KTO's mismatched excluded)."""
+        return sum(len(p) + len(c) for i in indices for r, (p, c) in self.examples[i].items() if r in roles)
 
 
 def build_view(name: str, kind: str, ds: Dataset, seed: int) -> View:

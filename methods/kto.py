@@ -32,10 +32,8 @@ class KTO(Method):
 
     def loss(self, policy: BatchLogps, reference: BatchLogps | None) -> LossOutput:
         z = (policy.mismatched.sum - reference.mismatched.sum).mean().clamp(min=0).detach()
-        r_desirable = policy.chosen.sum - reference.chosen.sum
-        r_undesirable = policy.rejected.sum - reference.rejected.sum
-        losses = torch.cat([
-            self.desirable_weight * (1 - torch.sigmoid(self.beta * (r_desirable - z))),
-            self.undesirable_weight * (1 - torch.sigmoid(self.beta * (z - r_undesirable))),
-        ])
-        return LossOutput(losses.mean(), {"kto/kl": z})
+        losses = [self.desirable_weight * (1 - torch.sigmoid(self.beta * (policy.chosen.sum - reference.chosen.sum - z)))]
+        if policy.rejected is not None:  # a batch may hold desirable examples only
+            r_undesirable = policy.rejected.sum - reference.rejected.sum
+            losses.append(self.undesirable_weight * (1 - torch.sigmoid(self.beta * (z - r_undesirable))))
+        return LossOutput(torch.cat(losses).mean(), {"kto/kl": z})

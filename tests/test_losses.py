@@ -74,3 +74,10 @@ def test_sft_is_token_mean_nll():
 def test_non_positive_hyperparameters_are_rejected(name, key):
     with pytest.raises(ValueError, match=f"method.{key} must be > 0"):
         build_method(name, **{key: 0})
+
+
+def test_kto_batch_with_one_kind_of_example():
+    policy = BatchLogps(seqs([-10.0, -9.0], [5, 5]), None, mismatched=seqs([-30.0], [1]))
+    reference = BatchLogps(seqs([-11.0, -9.0], [5, 5]), None, mismatched=seqs([-31.0], [1]))
+    expected = ((1 - sig(0.1 * (1.0 - 1.0))) + (1 - sig(0.1 * (0.0 - 1.0)))) / 2
+    assert float(build_method("kto").loss(policy, reference).loss) == pytest.approx(expected, abs=1e-12)

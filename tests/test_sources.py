@@ -188,3 +188,20 @@ def test_uncached_hub_items_fail_fast_with_one_line(tmp_path, args, message):
     proc = prefbench("run", f"results_dir={tmp_path}", *args, check=False)
     assert proc.returncode != 0 and message in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr and time.perf_counter() - t0 < 60
+
+
+def test_unreachable_hub_without_offline_variables_fails_fast(tmp_path):
+    """No HF_HUB_OFFLINE: a 3-second probe finds the endpoint closed and switches to the local cache."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # nothing listens there: the probe fails at once, no traffic leaves
+    exe = Path(sys.executable).parent / "prefbench"
+    t0 = time.perf_counter()
+    proc = subprocess.run([str(exe), "run", "model=pythia-160m", f"results_dir={tmp_path}"], capture_output=True,
+                          text=True, env=env, cwd=REPO, timeout=120)
+    assert proc.returncode != 0 and "using the local cache only" in proc.stderr
+    assert "model 'EleutherAI/pythia-160m' is unavailable: the hub is offline" in proc.stderr
+    assert time.perf_counter() - t0 < 60
