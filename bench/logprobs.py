@@ -18,7 +18,7 @@ def _body_and_head(model):
     return body, head
 
 
-def length_groups(lengths: list[int], overhead: int = 256) -> list[list[int]]:
+def length_groups(lengths: list[int], overhead: int = 64) -> list[list[int]]:
     """Split rows into groups, each padded only to its own longest row, minimising the padded
     positions computed plus ``overhead`` positions per extra forward (dynamic programming over the
     rows sorted by length)."""

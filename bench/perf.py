@@ -8,7 +8,11 @@ sides, the non-padding tokens of the trained sequences as prefbench tokenizes th
 sequences excluded), over each side's training wall time; TRL's own count is kept as trl_tokens.
 
     prefbench perf [methods=[sft,dpo,ipo,kto,orpo]] [steps=20] [reps=3] [batch_size=8] [seq_len=256]
-                   [hidden=256] [layers=6] [threads=2] [out=results/perf]
+                   [hidden=256] [layers=4] [threads=2] [gradient_checkpointing=true] [data=reviews|hh]
+                   [hh_path=../shared/data/hh-rlhf-harmless-base/test.jsonl.gz] [out=results/perf]
+
+data=reviews: the built-in review task, lengthened to 50-256 tokens; data=hh: real HH-RLHF rows, only those
+that fit in seq_len untruncated (the two trainers truncate differently, and inputs must be identical).
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from omegaconf import OmegaConf
 DEFAULTS = {"methods": ["sft", "dpo", "ipo", "kto", "orpo"], "steps": 20, "reps": 3, "batch_size": 8,
             "seq_len": 256, "hidden": 256, "layers": 4, "vocab": 2048, "lr": 1e-4, "beta": 0.1, "threads": 2,
             "gradient_checkpointing": True,  # TRL 1.16's default; both sides always use the same setting
+            "data": "reviews", "hh_path": "../shared/data/hh-rlhf-harmless-base/test.jsonl.gz",
             "out": "results/perf"}
 TRL_NAMES = {"sft": "SFTTrainer", "dpo": "DPOTrainer", "ipo": "DPOTrainer(loss_type=ipo)", "kto": "KTOTrainer",
              "orpo": "ORPOTrainer (trl.experimental)"}
@@ -70,15 +75,22 @@ class PeakRSS:
 
 
 def _rows(cfg, method: str) -> list[dict]:
-    """Conversational rows of the built-in review task, lengthened towards seq_len tokens."""
+    """Conversational rows: the built-in review task lengthened towards seq_len tokens, or HH-RLHF."""
     import random
 
     from bench.tasks import get_task
 
+    n = cfg.steps * cfg.batch_size
+    if cfg.data == "hh":
+        from bench.sources import load_rows
+
+        rows, _, _ = load_rows(OmegaConf.create({"source": "file", "path": cfg.hh_path, "format": "hh_rlhf"}))
+        return [{"prompt": r["prompt"], "chosen": [{"role": "assistant", "content": r["chosen"]}],
+                 "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in rows
+                if r["chosen"].strip() and r["rejected"].strip() and r["chosen"] != r["rejected"]][: 8 * n]
     task, rng = get_task("reviews"), random.Random(0)
-    n = cfg.steps * cfg.batch_size * (1 if method in ("sft", "kto") else 1)
     rows = []
-    for _ in range(n):
+    for _ in range(2 * n):  # spares for the rows that would need truncating
         p = task.prompt(rng)
         long = lambda: " ".join(task.completion(p, rng) for _ in range(rng.randint(4, 14)))  # noqa: E731
         rows.append({"prompt": [{"role": "user", "content": p}], "chosen": [{"role": "assistant", "content": long()}],
@@ -86,16 +98,23 @@ def _rows(cfg, method: str) -> list[dict]:
     return rows
 
 
-def _setup(cfg):
+def _setup(cfg, rows):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from bench.tasks import get_task
     from bench.tokenizer import train_bpe
 
     torch.set_num_threads(int(cfg.threads))
-    corpus = get_task("reviews").corpus(2000, 0)
-    tok = train_bpe([r["prompt"] + " " + r["completion"] for r in corpus], int(cfg.vocab))
+    text = lambda msgs: " ".join(m["content"] for m in msgs)  # noqa: E731
+    tok = train_bpe([text(r["prompt"]) + " " + text(r["chosen"]) + " " + text(r["rejected"]) for r in rows],
+                    int(cfg.vocab))
+    need = cfg.steps * cfg.batch_size
+    rows[:] = _untruncated(rows, tok, cfg)[:need]
+    if len(rows) < need:
+        from bench.errors import UserError
+
+        raise UserError(f"perf: only {len(rows)} rows fit in seq_len={cfg.seq_len} untruncated; "
+                        f"steps*batch_size={need} are needed (raise seq_len or vocab, or lower steps)")
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(
         vocab_size=len(tok), hidden_size=int(cfg.hidden), intermediate_size=4 * int(cfg.hidden),
@@ -103,6 +122,18 @@ def _setup(cfg):
         num_key_value_heads=max(1, int(cfg.hidden) // 64), max_position_embeddings=int(cfg.seq_len),
         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=True))
     return tok, model
+
+
+def _untruncated(rows, tok, cfg) -> list[dict]:
+    """The rows that fit in seq_len without truncation (prompt at most half of it)."""
+    from bench.data import Renderer
+
+    r = Renderer(tok, int(cfg.seq_len), int(cfg.seq_len) // 2)
+    def fits(row):
+        p = len(r.ids(r.prompt_text(row["prompt"])))
+        return p <= cfg.seq_len // 2 and all(
+            p + len(r.ids(r.completion_text(row["prompt"], row[k]))) <= cfg.seq_len for k in ("chosen", "rejected"))
+    return [row for row in rows if fits(row)]
 
 
 def _unpaired(rows):
@@ -119,8 +150,8 @@ def run_prefbench(cfg, method: str) -> dict:
     from bench.views import build_view
     from methods import build_method
 
-    tok, model = _setup(cfg)
     rows = _rows(cfg, method)
+    tok, model = _setup(cfg, rows)
     if method == "kto":
         rows = _unpaired(rows)
     data_cfg = OmegaConf.create({"eval_size": 0, "max_length": cfg.seq_len, "max_prompt_length": cfg.seq_len // 2})
@@ -149,8 +180,8 @@ def run_trl(cfg, method: str) -> dict:
     from torch.utils.data import SequentialSampler
     from transformers import TrainerCallback
 
-    tok, model = _setup(cfg)
     rows = _rows(cfg, method)
+    tok, model = _setup(cfg, rows)
     common = dict(per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.lr, lr_scheduler_type="constant",
                   warmup_steps=0, max_steps=cfg.steps, logging_steps=1, save_strategy="no", report_to=[],
                   use_cpu=not __import__("torch").cuda.is_available(), disable_tqdm=True, seed=0,
@@ -265,7 +296,7 @@ def main(args: list[str]) -> int:
                 by_method[m]["step_cost_vs_orpo"] = per_step(by_method[m]) / per_step(by_method["orpo"])
     header = (f"{'method':6} {'prefbench tok/s':>15} {'TRL tok/s':>10} {'ratio':>6} {'pb MiB':>8} {'TRL MiB':>8} "
               f"{'pb loss':>8} {'TRL loss':>8} {'step/ORPO':>9}")
-    print(f"\nsteps={cfg.steps} batch={cfg.batch_size} seq_len<={cfg.seq_len} hidden={cfg.hidden} layers={cfg.layers} "
+    print(f"\ndata={cfg.data} steps={cfg.steps} batch={cfg.batch_size} seq_len<={cfg.seq_len} hidden={cfg.hidden} layers={cfg.layers} "
           f"threads={cfg.threads} gradient_checkpointing={cfg.gradient_checkpointing} reps={cfg.reps} (medians)\n{header}")
     for r in table:
         print(f"{r['method']:6} {r['prefbench_tokens_per_s']:15.0f} {r['trl_tokens_per_s']:10.0f} {r['speed_ratio']:6.2f} "

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
@@ -56,6 +57,9 @@ def make_accelerator(spec: TrainSpec) -> Accelerator:
     precision = spec.mixed_precision
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    # accelerate keeps one process-wide state; a process that trains several stages, or that also ran
+    # another library's trainer, must be able to set precision again. The distributed set-up is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(mixed_precision=precision, gradient_accumulation_steps=spec.grad_accum)
 
 

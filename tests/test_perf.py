@@ -7,8 +7,8 @@ from tests.conftest import prefbench
 
 
 def test_perf_prints_and_saves_a_table(tmp_path):
-    out = prefbench("perf", "methods=[sft,dpo,kto]", "steps=2", "reps=1", "batch_size=2", "seq_len=64", "hidden=32",
-                    "layers=1", "vocab=300", f"out={tmp_path}").stdout
+    out = prefbench("perf", "methods=[sft,dpo,kto]", "steps=2", "reps=1", "batch_size=2", "seq_len=256", "hidden=32",
+                    "layers=1", "vocab=1024", f"out={tmp_path}").stdout
     header = next(line for line in out.splitlines() if line.startswith("method"))
     assert header.split()[:3] == ["method", "prefbench", "tok/s"]
     rows = {line.split()[0]: line.split() for line in out.splitlines() if re.match(r"^(sft|dpo|kto) ", line)}
