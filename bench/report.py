@@ -82,7 +82,11 @@ def plot_win_rate_vs_size(df: pd.DataFrame) -> plt.Figure:
             line, = ax.plot(g["n"], g["m"], marker="o", label=method)
             ax.fill_between(g["n"], g["lo"], g["hi"], color=line.get_color(), alpha=0.15)
         ax.axhline(0.5, color="grey", lw=0.8, ls=":")
-        ax.set(xscale="log", xlabel="parameters", title=f"win rate vs {'the SFT policy' if other == 'sft' else 'dataset chosen'}")
+        ax.set(xscale="log", xlabel="model (parameters)",
+               title=f"win rate vs {'the SFT policy' if other == 'sft' else 'dataset chosen'}")
+        sizes = d.groupby("model")["n_params"].max().sort_values()
+        ax.set_xticks(sizes.values, [f"{m}\n{n / 1e6:.2g}M" for m, n in sizes.items()])
+        ax.minorticks_off()
     axes[0].set_ylabel("win rate (ties = 1/2)")
     axes[0].legend()
     fig.tight_layout()
