@@ -4,13 +4,19 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from accelerate.utils import extract_model_from_parallel
+
+from bench.packing import is_packed, packed_attention, packed_inputs, unwrap
 from bench.views import Packed, View, pack
 from methods import SeqLogps
 
 
 def _body_and_head(model):
-    """The transformer body (hidden states) and the LM head, for models that split that way."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
+    """The transformer body (hidden states) and the LM head, for models that split that way. None
+    for models in a distributed wrapper, whose forward must go through the wrapper."""
+    if extract_model_from_parallel(model) is not model:
+        return None, None
+    inner = unwrap(model)
     head = inner.get_output_embeddings()
     body = getattr(inner, inner.base_model_prefix, None)
     if head is None or body is None or getattr(inner.config, "final_logit_softcapping", None):
@@ -40,39 +46,37 @@ def length_groups(lengths: list[int], overhead: int = 64) -> list[list[int]]:
 def token_logps(model, batch: Packed) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs of the completion tokens, flattened, and the batch row of each.
 
-    Rows run in length groups (``length_groups``), so little compute goes to padding; the groups
-    stay in one autograd graph, so losses and gradients are those of the whole batch. Hidden states
-    are projected onto the vocabulary only where a completion token is predicted, so no
+    Inside ``packed_attention`` the rows run as one padding-free row (``bench.packing``); otherwise
+    in length groups (``length_groups``), so little compute goes to padding. Either way the batch is
+    one autograd graph, so losses and gradients are those of the whole batch. Hidden states are
+    projected onto the vocabulary only where a completion token is predicted, so no
     (batch, length, vocab) logits tensor is materialised.
     """
+    if is_packed(model):
+        ids, positions, row, segments = packed_inputs(batch.input_ids, batch.attention_mask)
+        completion = batch.completion_mask[batch.attention_mask.bool()]
+        target = (completion[1:] == 1) & (row[1:] == row[:-1])  # the next token is in the same sequence
+        return _predict(model, ids, target[None], position_ids=positions, segments=segments), row[1:][target]
     lengths = batch.attention_mask.sum(dim=1).tolist()
-    groups = length_groups(lengths) if len(lengths) > 1 else [[0]]
-    if len(groups) == 1:
-        return _token_logps(model, batch.input_ids, batch.attention_mask, batch.completion_mask)
     logps, rows = [], []
-    for g in groups:
+    for g in length_groups(lengths) if len(lengths) > 1 else [[0]]:
         idx = torch.tensor(g, device=batch.input_ids.device)
         width = max(lengths[i] for i in g)
-        lp, r = _token_logps(model, batch.input_ids[idx, :width], batch.attention_mask[idx, :width],
-                             batch.completion_mask[idx, :width])
-        logps.append(lp)
-        rows.append(idx[r])
+        target = batch.completion_mask[idx, 1:width].bool()
+        logps.append(_predict(model, batch.input_ids[idx, :width], target,
+                              attention_mask=batch.attention_mask[idx, :width]))
+        rows.append(idx[target.nonzero()[:, 0]])
     return torch.cat(logps), torch.cat(rows)
 
 
-def _token_logps(model, input_ids, attention_mask, completion_mask) -> tuple[torch.Tensor, torch.Tensor]:
-    batch = Packed(input_ids, attention_mask, completion_mask, {}, {})
-    target_mask = batch.completion_mask[:, 1:].bool()
-    targets = batch.input_ids[:, 1:][target_mask]
-    rows = target_mask.nonzero()[:, 0]
+def _predict(model, input_ids, target, **inputs) -> torch.Tensor:
+    """log p(input_ids[:, t+1] | input_ids[:, :t+1]) at the positions t where ``target`` is set."""
     body, head = _body_and_head(model)
     if body is not None:
-        hidden = body(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)[0]
-        logits = head(hidden[:, :-1][target_mask])
+        logits = head(body(input_ids=input_ids, use_cache=False, **inputs)[0][:, :-1][target])
     else:
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-        logits = logits[:, :-1][target_mask]
-    return -F.cross_entropy(logits.float(), targets, reduction="none"), rows
+        logits = model(input_ids=input_ids, use_cache=False, **inputs).logits[:, :-1][target]
+    return -F.cross_entropy(logits.float(), input_ids[:, 1:][target], reduction="none")
 
 
 def sequence_logps(model, batch: Packed) -> dict[str, SeqLogps]:
@@ -89,10 +93,11 @@ def score_view(model, view: View, pad_id: int, batch_size: int, device) -> dict[
     """``{role}.sum`` and ``{role}.n`` for every example of ``view`` (NaN where an example lacks the role)."""
     model.eval()
     out = {f"{r}.{k}": torch.full((len(view),), float("nan")) for r in view.roles for k in ("sum", "n")}
-    for start in range(0, len(view), batch_size):
-        batch = pack(view, list(range(start, min(start + batch_size, len(view)))), view.roles, pad_id).to(device)
-        for role, s in sequence_logps(model, batch).items():
-            idx = batch.index[role].cpu()
-            out[f"{role}.sum"][idx] = s.sum.float().cpu()
-            out[f"{role}.n"][idx] = s.n_tokens.float().cpu()
+    with packed_attention(model):
+        for start in range(0, len(view), batch_size):
+            batch = pack(view, list(range(start, min(start + batch_size, len(view)))), view.roles, pad_id).to(device)
+            for role, s in sequence_logps(model, batch).items():
+                idx = batch.index[role].cpu()
+                out[f"{role}.sum"][idx] = s.sum.float().cpu()
+                out[f"{role}.n"][idx] = s.n_tokens.float().cpu()
     return out

@@ -9,6 +9,7 @@ sequences excluded), over each side's training wall time; TRL's own count is kep
 
     prefbench perf [methods=[sft,dpo,ipo,kto,orpo]] [steps=20] [reps=3] [batch_size=8] [seq_len=256]
                    [hidden=256] [layers=4] [threads=2] [gradient_checkpointing=true] [data=reviews|hh]
+                   [packing=true] [profile=false]
                    [hh_path=../shared/data/hh-rlhf-harmless-base/test.jsonl.gz] [out=results/perf]
 
 data=reviews: the built-in review task, lengthened to 50-256 tokens; data=hh: real HH-RLHF rows, only those
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -30,6 +32,8 @@ from omegaconf import OmegaConf
 DEFAULTS = {"methods": ["sft", "dpo", "ipo", "kto", "orpo"], "steps": 20, "reps": 3, "batch_size": 8,
             "seq_len": 256, "hidden": 256, "layers": 4, "vocab": 2048, "lr": 1e-4, "beta": 0.1, "threads": 2,
             "gradient_checkpointing": True,  # TRL 1.16's default; both sides always use the same setting
+            "packing": True,  # prefbench's padding-free forwards (false: length groups), for ablation
+            "profile": False,  # torch.profiler tables of each side's training, saved beside the JSON
             "data": "reviews", "hh_path": "../shared/data/hh-rlhf-harmless-base/test.jsonl.gz",
             "out": "results/perf"}
 TRL_NAMES = {"sft": "SFTTrainer", "dpo": "DPOTrainer", "ipo": "DPOTrainer(loss_type=ipo)", "kto": "KTOTrainer",
@@ -72,6 +76,25 @@ class PeakRSS:
             self.running = False
             self.thread.join()
             self.mb = (max(self.peak, self._rss()) - self.base) / 2**20
+
+
+@contextmanager
+def profiled(cfg, impl: str, method: str):
+    """With profile=true: torch.profiler over the training, its top operators saved to
+    out/profile-METHOD-IMPL.txt (timings of profiled trials are inflated; compare them with each other)."""
+    if not cfg.profile:
+        yield
+        return
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from bench.results import write_atomic
+
+    cuda = torch.cuda.is_available()
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        yield
+    table = prof.key_averages().table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=25)
+    write_atomic(Path(cfg.out) / f"profile-{method}-{impl}.txt", table)
 
 
 def _rows(cfg, method: str) -> list[dict]:
@@ -162,10 +185,10 @@ def run_prefbench(cfg, method: str) -> dict:
     ref = ReferenceLogps(score_view(model, view, tok.pad_token_id, 32, "cpu")) if m.needs_reference else None
     spec = TrainSpec(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup_ratio=0.0, scheduler="constant",
                      log_every=1, shuffle=False, progress=False, save_final=False,
-                     gradient_checkpointing=bool(cfg.gradient_checkpointing))
+                     gradient_checkpointing=bool(cfg.gradient_checkpointing), packing=bool(cfg.packing))
     import tempfile
 
-    with tempfile.TemporaryDirectory() as tmp, PeakRSS() as mem:
+    with tempfile.TemporaryDirectory() as tmp, PeakRSS() as mem, profiled(cfg, "prefbench", method):
         t0 = time.perf_counter()
         stats = train(model, m, view, spec, Path(tmp), tok.pad_token_id, ref)
         seconds = time.perf_counter() - t0
@@ -231,7 +254,7 @@ def run_trl(cfg, method: str) -> dict:
         trainer = Ordered(model=model, args=args, train_dataset=Dataset.from_list(ds), processing_class=tok,
                           callbacks=[Clock()])
         tokens = _trained_tokens(trainer, cfg)
-        with PeakRSS() as mem:
+        with PeakRSS() as mem, profiled(cfg, "trl", method):
             trainer.train()
     return {"tokens": tokens, "seconds": times["end"] - times["start"], "peak_mb": mem.mb, "losses": losses}
 
@@ -262,6 +285,20 @@ def _trial(impl: str, method: str, cfg) -> dict:
     if line is None:
         raise RuntimeError(f"{impl} {method} trial failed:\n{proc.stderr[-3000:]}")
     return json.loads(line.removeprefix("PERF_RESULT "))
+
+
+def environment(threads: int) -> dict:
+    """Where the numbers were measured: device and library versions."""
+    import platform
+
+    import torch
+    import transformers
+    import trl
+
+    device = (torch.cuda.get_device_name() if torch.cuda.is_available()
+              else f"cpu ({threads} threads of {os.cpu_count()} cores)")
+    return {"device": device, "torch": torch.__version__, "transformers": transformers.__version__,
+            "trl": trl.__version__, "python": platform.python_version()}
 
 
 def main(args: list[str]) -> int:
@@ -303,8 +340,11 @@ def main(args: list[str]) -> int:
               f"{r['prefbench_peak_mb']:8.1f} {r['trl_peak_mb']:8.1f} {r['prefbench_final_loss']:8.4f} "
               f"{r['trl_final_loss']:8.4f} {r.get('step_cost_vs_orpo', float('nan')):9.2f}")
     path = Path(cfg.out) / f"perf-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    write_json(path, {"config": OmegaConf.to_container(cfg), "table": table, "trials": results})
-    print(f"saved: {path}")
+    write_json(path, {"config": OmegaConf.to_container(cfg), "environment": environment(int(cfg.threads)),
+                      "table": table, "trials": results})
+    print(f"saved: {path}  (plots: prefbench report {cfg.out})")
+    if cfg.profile:
+        print(f"profiles (timings above are inflated by the profiler): {cfg.out}/profile-METHOD-IMPL.txt")
     return 0
 
 

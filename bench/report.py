@@ -249,41 +249,97 @@ PLOTS = {
     "compute": (plot_compute, "Compute cost", "Per job, excluding the shared base and SFT stages."),
 }
 
+def load_perf(folder: str | Path) -> pd.DataFrame:
+    """One row per (``prefbench perf`` JSON, method), from ``folder`` and its ``perf/`` subfolder."""
+    folder = Path(folder)
+    rows = []
+    for path in sorted([*folder.glob("perf-*.json"), *folder.glob("perf/perf-*.json")]):
+        data = read_json(path, None)
+        if not isinstance(data, dict) or "table" not in data:
+            continue
+        cfg, env = data.get("config", {}), data.get("environment", {})
+        label = f"{cfg.get('data', '?')} data, {env.get('device', 'cpu')}"
+        rows += [{"file": path.name, "setting": label, **{f"config.{k}": v for k, v in cfg.items() if k != "methods"},
+                  **r} for r in data["table"]]
+    return pd.DataFrame(rows)
+
+
+def plot_perf(perf: pd.DataFrame) -> plt.Figure:
+    """Speed and peak-memory ratios prefbench/TRL per method, one bar per perf run."""
+    methods = [m for m in METHOD_ORDER if m in set(perf["method"])] + sorted(set(perf["method"]) - set(METHOD_ORDER))
+    runs = list(dict.fromkeys(zip(perf["file"], perf["setting"])))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    width = 0.8 / len(runs)
+    for ax, col, title, line in ((axes[0], "speed_ratio", "tokens/s, prefbench / TRL (higher = faster)", 1.25),
+                                 (axes[1], "memory_ratio", "peak memory, prefbench / TRL (lower = less)", 1.0)):
+        for i, (file, setting) in enumerate(runs):
+            g = perf[perf["file"] == file].set_index("method")[col]
+            ax.bar(np.arange(len(methods)) + i * width, [g.get(m, np.nan) for m in methods], width, label=setting)
+        ax.axhline(1.0, color="k", lw=0.8)
+        if line != 1.0:
+            ax.axhline(line, color="k", lw=0.8, ls="--")
+        ax.set_xticks(np.arange(len(methods)) + width * (len(runs) - 1) / 2, methods)
+        ax.set_title(title, fontsize=10)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("prefbench vs TRL on identical inputs (prefbench perf)")
+    fig.tight_layout()
+    return fig
+
+
+PERF_CAPTION = ("Each bar: the median over alternating repetitions of one `prefbench perf` run (same model, rows, "
+                "order, batch, optimizer and gradient checkpointing on both sides). Dashed: the 1.25x speed target.")
+
+PERF_COLUMNS = ["setting", "method", "trl_trainer", "prefbench_tokens_per_s", "trl_tokens_per_s", "speed_ratio",
+                "prefbench_peak_mb", "trl_peak_mb", "memory_ratio", "prefbench_final_loss", "trl_final_loss",
+                "step_cost_vs_orpo"]
 TABLE_COLUMNS = ["method", "model", "seed", "hyper", "status", "n_params", "eval/win_rate_vs_sft",
                  "eval/win_rate_vs_chosen", "eval/score_mean", "eval/reward_margin", "eval/reward_accuracy",
                  "eval/kl", "eval/pid", "eval/distinct_2", "cost/train_tokens_per_s", "wall_seconds", "error"]
 
 
+def _html_table(df: pd.DataFrame) -> str:
+    return df.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="", classes="runs")
+
+
 def build_report(sweep_dir: str | Path) -> Path:
-    """Write runs.csv, runs.parquet, report/*.png and report/index.html; returns index.html's path."""
+    """Write runs.csv, runs.parquet, report/*.png and report/index.html; returns index.html's path.
+    ``prefbench perf`` results in the folder (or its perf/ subfolder) get a section and perf.csv."""
     sweep_dir = Path(sweep_dir)
-    df = load_runs(sweep_dir)
-    if df.empty:
-        raise UserError(f"{sweep_dir}: no runs found")
+    df, perf = load_runs(sweep_dir), load_perf(sweep_dir)
+    if df.empty and perf.empty:
+        raise UserError(f"{sweep_dir}: no runs and no prefbench perf results found")
     out = sweep_dir / "report"
     out.mkdir(exist_ok=True)
-    df.to_csv(sweep_dir / "runs.csv", index=False)
-    df.to_parquet(sweep_dir / "runs.parquet", index=False)
-    sections = []
-    if not _done(df).empty and "n_params" in df:
-        for name, (plot, title, caption) in PLOTS.items():
-            fig = plot(df)
-            fig.savefig(out / f"{name}.png", dpi=110, bbox_inches="tight")
-            plt.close(fig)
-            sections.append(f'<h2>{title}</h2><p>{html.escape(caption)}</p><img src="{name}.png" alt="{title}">')
-    cols = [c for c in TABLE_COLUMNS if c in df]
-    table = df[cols].sort_values(["model", "method"], key=lambda s: s.astype(str)).to_html(
-        index=False, float_format=lambda v: f"{v:.3f}", na_rep="", classes="runs")
-    bad = df[~df["status"].isin(["done"])]
-    status = (f"<p class='warn'>{len(bad)} of {len(df)} runs are not done (failed, partial, running or missing); "
-              f"they are listed in the table with their error.</p>" if len(bad) else
-              f"<p>All {len(df)} runs done.</p>")
+    sections, table, status = [], "", ""
+    figures = []  # (file name, plot function, its table, title, caption)
+    if not df.empty and not _done(df).empty and "n_params" in df:
+        figures += [(name, plot, df, title, caption) for name, (plot, title, caption) in PLOTS.items()]
+    if not perf.empty:
+        figures.append(("perf", plot_perf, perf, "prefbench vs TRL", PERF_CAPTION))
+        write_atomic(sweep_dir / "perf.csv", perf.to_csv(index=False))
+    for name, plot, data, title, caption in figures:
+        fig = plot(data)
+        fig.savefig(out / f"{name}.png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        sections.append(f'<h2>{title}</h2><p>{html.escape(caption)}</p><img src="{name}.png" alt="{title}">')
+    if not perf.empty:
+        sections.append(_html_table(perf[[c for c in PERF_COLUMNS if c in perf]]))
+    if not df.empty:
+        write_atomic(sweep_dir / "runs.csv", df.to_csv(index=False))
+        write_atomic(sweep_dir / "runs.parquet", df.to_parquet(index=False))
+        cols = [c for c in TABLE_COLUMNS if c in df]
+        table = "<h2>All runs</h2><p>Full table: runs.csv / runs.parquet beside this folder.</p>" + _html_table(
+            df[cols].sort_values(["model", "method"], key=lambda s: s.astype(str)))
+        bad = df[~df["status"].isin(["done"])]
+        status = (f"<p class='warn'>{len(bad)} of {len(df)} runs are not done (failed, partial, running or missing); "
+                  f"they are listed in the table with their error.</p>" if len(bad) else
+                  f"<p>All {len(df)} runs done.</p>")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>prefbench: {html.escape(sweep_dir.name)}</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}}img{{max-width:100%}}
 table.runs{{border-collapse:collapse;font-size:12px}}table.runs td,table.runs th{{border:1px solid #ccc;padding:2px 5px}}
 .warn{{color:#a00;font-weight:bold}}</style></head><body>
 <h1>prefbench report: {html.escape(sweep_dir.name)}</h1>{status}
 {''.join(sections)}
-<h2>All runs</h2><p>Full table: runs.csv / runs.parquet beside this folder.</p>{table}</body></html>"""
+{table}</body></html>"""
     write_atomic(out / "index.html", page)
     return out / "index.html"

@@ -17,9 +17,11 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from tqdm.auto import tqdm
 from transformers import get_scheduler
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from bench.checkpoint import load_checkpoint, save_checkpoint
 from bench.logprobs import sequence_logps
+from bench.packing import packed_attention
 from bench.refcache import ReferenceLogps
 from bench.results import MetricsLog
 from bench.train_metrics import uniform_metrics
@@ -46,6 +48,7 @@ class TrainSpec:
     checkpoint_every: int = 0  # 0: only the final checkpoint
     save_final: bool = True  # benchmarks against trainers that save nothing turn it off
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~20% more compute
+    packing: bool = True  # padding-free forwards where the model allows (bench.packing); else length groups
     reward_beta: float = 0.1  # beta of the implicit reward in the uniform metrics
     seed: int = 0
     shuffle: bool = True  # False: examples in dataset order (benchmarks against other trainers)
@@ -61,6 +64,16 @@ def make_accelerator(spec: TrainSpec) -> Accelerator:
     # another library's trainer, must be able to set precision again. The distributed set-up is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(mixed_precision=precision, gradient_accumulation_steps=spec.grad_accum)
+
+
+def enable_checkpointing(model) -> None:
+    """Gradient checkpointing of every layer but the last. The last layer's recompute would run first
+    in the backward, while every checkpoint is still held: keeping its activations instead costs no
+    extra peak memory and saves 1/L of the recompute."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing]
+    if len(layers) > 1:
+        layers[-1].gradient_checkpointing = False
 
 
 def batch_indices(n: int, batch_size: int, seed: int, micro_step: int, rank: int = 0, world: int = 1,
@@ -101,12 +114,12 @@ def train(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, pad
         per_step = spec.batch_size * spec.grad_accum * accelerator.num_processes
         spec = replace(spec, steps=max(1, math.ceil(spec.epochs * len(view) / per_step)))
     torch.manual_seed(spec.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay, fused=True)
     scheduler = get_scheduler(spec.scheduler, optimizer, num_warmup_steps=math.ceil(spec.warmup_ratio * spec.steps),
                               num_training_steps=spec.steps)
     start_step = load_checkpoint(out_dir / "checkpoint", model, optimizer, scheduler)
     if spec.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
     model, optimizer = accelerator.prepare(model, optimizer)  # the schedule counts optimizer steps: not prepared
     device = accelerator.device
     log = MetricsLog(out_dir / "metrics.jsonl", start_step)
@@ -114,47 +127,48 @@ def train(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, pad
     tokens, elapsed, last = 0, 0.0, {}
     bar = tqdm(range(start_step, spec.steps), desc=desc, initial=start_step, total=spec.steps,
                disable=not (spec.progress and accelerator.is_main_process), leave=False)
-    for step in bar:
-        t0 = time.perf_counter()
-        step_metrics: list[dict] = []
-        for micro in range(spec.grad_accum):
-            indices = batch_indices(len(view), spec.batch_size, spec.seed, step * spec.grad_accum + micro,
-                                    accelerator.process_index, accelerator.num_processes, spec.shuffle)
-            with accelerator.accumulate(model):
-                with accelerator.autocast():
-                    policy, index = forward(model, view, indices, pad_id, device)
-                ref = reference.lookup(index, device) if reference is not None else None
-                out = method.loss(policy, ref if method.needs_reference else None)
-                if not torch.isfinite(out.loss):
-                    raise NonFiniteLoss(f"loss is {float(out.loss)} at step {step}")
-                accelerator.backward(out.loss)
-                if accelerator.sync_gradients and spec.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), spec.max_grad_norm)
-                optimizer.step()  # accelerate skips it until the last micro-batch of the step
-                if accelerator.sync_gradients:
-                    scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            tokens += view.n_tokens(indices)
-            m = uniform_metrics(policy, ref, spec.reward_beta, paired=view.name == "paired")
-            m |= {k: float(v) for k, v in out.metrics.items()}
-            m["loss"] = float(out.loss.detach())
-            step_metrics.append(m)
-        elapsed += time.perf_counter() - t0
-        done = step + 1
-        if done % spec.log_every == 0 or done == spec.steps:
-            last = {k: sum(m[k] for m in step_metrics if k in m) / sum(k in m for m in step_metrics)
-                    for k in step_metrics[-1]}
-            last |= {"step": done, "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens / max(elapsed, 1e-9)}
-            if probe is not None:
-                last |= probe(accelerator.unwrap_model(model))
-                model.train()
-            if accelerator.is_main_process:
-                log.append(last)
-            bar.set_postfix(loss=f"{last['loss']:.3f}")
-        if (done == spec.steps and spec.save_final) or (spec.checkpoint_every and done % spec.checkpoint_every == 0):
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                save_checkpoint(out_dir / "checkpoint", accelerator.unwrap_model(model), optimizer, scheduler, done)
+    with packed_attention(model, spec.packing):  # spans the backward: checkpointing re-runs layers there
+        for step in bar:
+            t0 = time.perf_counter()
+            step_metrics: list[dict] = []
+            for micro in range(spec.grad_accum):
+                indices = batch_indices(len(view), spec.batch_size, spec.seed, step * spec.grad_accum + micro,
+                                        accelerator.process_index, accelerator.num_processes, spec.shuffle)
+                with accelerator.accumulate(model):
+                    with accelerator.autocast():
+                        policy, index = forward(model, view, indices, pad_id, device)
+                    ref = reference.lookup(index, device) if reference is not None else None
+                    out = method.loss(policy, ref if method.needs_reference else None)
+                    if not torch.isfinite(out.loss):
+                        raise NonFiniteLoss(f"loss is {float(out.loss)} at step {step}")
+                    accelerator.backward(out.loss)
+                    if accelerator.sync_gradients and spec.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(model.parameters(), spec.max_grad_norm)
+                    optimizer.step()  # accelerate skips it until the last micro-batch of the step
+                    if accelerator.sync_gradients:
+                        scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                tokens += view.n_tokens(indices)
+                m = uniform_metrics(policy, ref, spec.reward_beta, paired=view.name == "paired")
+                m |= {k: float(v) for k, v in out.metrics.items()}
+                m["loss"] = float(out.loss.detach())
+                step_metrics.append(m)
+            elapsed += time.perf_counter() - t0
+            done = step + 1
+            if done % spec.log_every == 0 or done == spec.steps:
+                last = {k: sum(m[k] for m in step_metrics if k in m) / sum(k in m for m in step_metrics)
+                        for k in step_metrics[-1]}
+                last |= {"step": done, "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens / max(elapsed, 1e-9)}
+                if probe is not None:
+                    last |= probe(accelerator.unwrap_model(model))
+                    model.train()
+                if accelerator.is_main_process:
+                    log.append(last)
+                bar.set_postfix(loss=f"{last['loss']:.3f}")
+            if (done == spec.steps and spec.save_final) or (spec.checkpoint_every and done % spec.checkpoint_every == 0):
+                accelerator.wait_for_everyone()
+                if accelerator.is_main_process:
+                    save_checkpoint(out_dir / "checkpoint", accelerator.unwrap_model(model), optimizer, scheduler, done)
     bar.close()
     model = accelerator.unwrap_model(model)
     if spec.gradient_checkpointing:

@@ -1,7 +1,8 @@
 """Our losses against TRL 1.16's own implementations, on the same model, batch and reference log-probs.
 
 TRL computes the policy log-probs itself from the model (with its fused LM head); we compute them with
-``bench.logprobs``. Agreement to 1e-5 checks the log-prob extraction and the loss formula together.
+``bench.logprobs``, padding-free and in length groups. Agreement to 1e-5 checks the log-prob extraction
+and the loss formula together.
 """
 import pytest
 import torch
@@ -10,6 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import methods
 from bench.logprobs import sequence_logps
+from bench.packing import packed_attention
 from bench.tasks import get_task
 from bench.tokenizer import train_bpe
 from bench.views import View, pack
@@ -30,6 +32,15 @@ def model(tok):
         num_key_value_heads=2, pad_token_id=tok.pad_token_id, tie_word_embeddings=True))
 
 
+@pytest.fixture(params=["packed", "padded"])
+def logps(request):
+    """``sequence_logps`` in one of the two layouts the trainer uses."""
+    def run(model, batch):
+        with packed_attention(model, enabled=request.param == "packed"):
+            return sequence_logps(model, batch)
+    return run
+
+
 def conversational(rows, keys=("chosen", "rejected")):
     return Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}],
                                **{k: [{"role": "assistant", "content": r[k]}] for k in keys}} for r in rows])
@@ -45,7 +56,7 @@ REF_CHOSEN, REF_REJECTED = torch.tensor([-10.0, -12.0, -7.0]), torch.tensor([-11
 
 @pytest.mark.parametrize("loss_type,name", [("sigmoid", "dpo"), ("ipo", "ipo")])
 @pytest.mark.parametrize("beta", [0.1, 0.5])
-def test_dpo_and_ipo_match_trl(tok, model, loss_type, name, beta, tmp_path):
+def test_dpo_and_ipo_match_trl(tok, model, loss_type, name, beta, tmp_path, logps):
     from trl import DPOConfig, DPOTrainer
 
     args = DPOConfig(output_dir=str(tmp_path), precompute_ref_log_probs=True, loss_type=[loss_type], beta=beta,
@@ -55,7 +66,7 @@ def test_dpo_and_ipo_match_trl(tok, model, loss_type, name, beta, tmp_path):
     trl_loss = trainer._compute_loss(trainer.model, {
         "input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "completion_mask": batch.completion_mask,
         "ref_chosen_logps": REF_CHOSEN, "ref_rejected_logps": REF_REJECTED}, return_outputs=False)
-    stats = sequence_logps(trainer.model, batch)
+    stats = logps(trainer.model, batch)
     policy = methods.BatchLogps(stats["chosen"], stats["rejected"])
     reference = methods.BatchLogps(methods.SeqLogps(REF_CHOSEN, stats["chosen"].n_tokens),
                                    methods.SeqLogps(REF_REJECTED, stats["rejected"].n_tokens))
@@ -63,7 +74,7 @@ def test_dpo_and_ipo_match_trl(tok, model, loss_type, name, beta, tmp_path):
     assert float(ours) == pytest.approx(float(trl_loss), abs=1e-5)
 
 
-def test_kto_matches_trl(tok, model, tmp_path):
+def test_kto_matches_trl(tok, model, tmp_path, logps):
     from trl import KTOConfig, KTOTrainer
 
     unpaired = Dataset.from_list(
@@ -91,7 +102,7 @@ def test_kto_matches_trl(tok, model, tmp_path):
         "label": labels[order], "KL_input_ids": kl.input_ids, "KL_attention_mask": kl.attention_mask,
         "KL_completion_mask": kl.completion_mask, "ref_logps": ref[order], "ref_KL_logps": ref_kl},
         return_outputs=False)
-    stats = sequence_logps(trainer.model, main) | sequence_logps(trainer.model, kl)
+    stats = logps(trainer.model, main) | logps(trainer.model, kl)
     policy = methods.BatchLogps(stats["chosen"], stats["rejected"], stats["mismatched"])
     reference = methods.BatchLogps(methods.SeqLogps(ref[main.index["chosen"]], stats["chosen"].n_tokens),
                                    methods.SeqLogps(ref[main.index["rejected"]], stats["rejected"].n_tokens),
@@ -100,14 +111,14 @@ def test_kto_matches_trl(tok, model, tmp_path):
     assert float(ours.loss) == pytest.approx(float(trl_loss), abs=1e-5)
 
 
-def test_orpo_odds_ratio_matches_trl(tok, model, tmp_path):
+def test_orpo_odds_ratio_matches_trl(tok, model, tmp_path, logps):
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
     args = ORPOConfig(output_dir=str(tmp_path), beta=0.25, report_to=[], use_cpu=True, max_length=64,
                       disable_tqdm=True)
     trainer = ORPOTrainer(model=model, args=args, train_dataset=conversational(ROWS), processing_class=tok)
     batch = pack(PAIRS, [0, 1, 2], ("chosen", "rejected"), tok.pad_token_id)
-    stats = sequence_logps(trainer.model, batch)
+    stats = logps(trainer.model, batch)
     losses, *_ = trainer.odds_ratio_loss(stats["chosen"].mean, stats["rejected"].mean)
     # TRL's ORPO loss is NLL - mean(beta * log sigma(log_odds)); its NLL also counts prompt tokens, so we
     # compare the odds-ratio term on identical log-probs and the NLL term against transformers below.
@@ -116,21 +127,21 @@ def test_orpo_odds_ratio_matches_trl(tok, model, tmp_path):
     assert float(ours.loss) == pytest.approx(float(nll - losses.mean()), abs=1e-5)
 
 
-def test_sft_matches_transformers_loss(model, tok):
+def test_sft_matches_transformers_loss(model, tok, logps):
     batch = pack(PAIRS, [0, 1, 2], ("chosen",), tok.pad_token_id)
     labels = batch.input_ids.masked_fill(batch.completion_mask == 0, -100)
     hf_loss = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=labels).loss
-    stats = sequence_logps(model, batch)
+    stats = logps(model, batch)
     ours = methods.build_method("sft").loss(methods.BatchLogps(stats["chosen"]), None).loss
     assert float(ours) == pytest.approx(float(hf_loss), abs=1e-5)
 
 
-def test_logprobs_match_full_logits(model, tok):
+def test_logprobs_match_full_logits(model, tok, logps):
     """Projecting only completion positions gives the same log-probs as the model's full logits."""
     batch = pack(PAIRS, [0, 1, 2], ("chosen", "rejected"), tok.pad_token_id)
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
     per_token = torch.log_softmax(logits, -1).gather(-1, batch.input_ids[:, 1:, None])[..., 0]
     expected = (per_token * batch.completion_mask[:, 1:]).sum(1)
-    stats = sequence_logps(model, batch)
+    stats = logps(model, batch)
     got = torch.cat([stats["chosen"].sum, stats["rejected"].sum])
     assert torch.allclose(got, expected, atol=1e-5)
