@@ -26,8 +26,9 @@ NAME = "prefbench_packed"
 
 def _packed_sdpa(module, query, key, value, attention_mask, segments=None, **kwargs):
     """sdpa, run causally on each sequence of the packed row (``segments``: their lengths) separately."""
-    if segments is None:  # an ordinary forward while the backend is on: plain sdpa
-        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    if segments is None:  # no mask is built under this backend, so a padded forward would be wrong
+        raise RuntimeError("a forward without packed inputs ran inside packed_attention(); "
+                           "run it outside the block (bench.logprobs packs its own forwards)")
     kwargs.pop("is_causal", None)
     # split, not slicing: its backward is one concatenation instead of a zero-filled tensor per piece
     outs = [sdpa_attention_forward(module, q, k, v, None, is_causal=True, **kwargs)[0]

@@ -96,6 +96,13 @@ def test_models_packing_cannot_serve_keep_the_padded_layout(reason, overrides):
     assert model.config._attn_implementation == overrides.get("_attn_implementation", "sdpa")
 
 
+def test_an_unpacked_forward_inside_the_block_is_refused():
+    """No attention mask is built under the packed backend: a padded forward there must not run."""
+    model = make("llama").eval()
+    with packed_attention(model), pytest.raises(RuntimeError, match="without packed inputs"):
+        model(input_ids=torch.tensor([[1, 2, 3, 0]]), attention_mask=torch.tensor([[1, 1, 1, 0]]))
+
+
 def test_attention_is_restored_after_an_error():
     model = make("llama")
     with pytest.raises(RuntimeError), packed_attention(model):
