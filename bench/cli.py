@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -21,22 +22,13 @@ GROUPS = ("task", "model", "method", "judge", "trainer", "eval", "stages", "swee
 _last_summary: dict = {}
 
 
-IDENTITY_KEYS = ("method.", "strength=", "init=", "fault=")
-
-
-def _run_name(task: str, model: str, method: str, seed, override_dirname: str) -> str:
-    """Run folder name: the job's identity, then overrides of the method's hyper-parameters
-    (e.g. method.beta=0.3, strength=2). Other settings are the sweep's; run_job refuses to reuse a
-    folder whose saved config differs."""
-    extra = [o for o in override_dirname.split(",") if o.startswith(IDENTITY_KEYS)]
-    return ",".join([f"{task}-{model}-{method}-s{seed}", *extra])
-
-
 def _register_resolvers() -> None:
     from omegaconf import OmegaConf
 
+    from bench.naming import hydra_run_name
+
     if not OmegaConf.has_resolver("run_name"):
-        OmegaConf.register_new_resolver("run_name", _run_name)
+        OmegaConf.register_new_resolver("run_name", hydra_run_name)
         OmegaConf.register_new_resolver("mul", lambda a, b: float(a) * float(b))
 
 
@@ -75,13 +67,70 @@ def _hydra(argv: list[str]) -> None:
         global _last_summary
         try:
             _last_summary = run_job(cfg, HydraConfig.get().runtime.output_dir)
-        except UserError as exc:  # a job that cannot start is reported, and a sweep goes on
+        except UserError as exc:  # a job that cannot start is refused, printed once, and a sweep goes on
             print(f"prefbench: error: {exc}", file=sys.stderr)
-            _last_summary = {"status": "failed", "error": str(exc)}
+            _last_summary = {"status": "refused", "error": str(exc)}
+            _remove_if_only_hydra(Path(HydraConfig.get().runtime.output_dir))
         return _last_summary
 
     sys.argv = [sys.argv[0], *argv]
     job()
+
+
+def cmd_run(args: list[str]) -> int:
+    """One job. Exit 0 done, 1 failed while running, 2 refused (its config cannot run)."""
+    check_overrides(args)
+    _hydra(args)
+    return {"refused": 2, "failed": 1}.get(_last_summary.get("status"), 0)
+
+
+def adhoc_sweep_args(args: list[str]) -> list[str]:
+    """Presets name their sweep folder; an ad-hoc grid gets its own, named by a digest of its arguments."""
+    if any(a.startswith("sweep=") for a in args):
+        return args
+    if not args:
+        return ["sweep=default"]
+    digest = hashlib.sha256("\0".join(sorted(args)).encode()).hexdigest()[:8]
+    named = any(a.startswith("sweep_name=") for a in args)
+    return ["sweep=adhoc", *([] if named else [f"sweep_name=adhoc-{digest}"]), *args]
+
+
+def cmd_sweep(args: list[str]) -> int:
+    """A multirun, then its report. Exit 0 only when every job the sweep asked for is done."""
+    from bench.run import check_job
+    from bench.sweep import plan, record
+
+    args = adhoc_sweep_args(args)
+    check_overrides(args)
+    _register_resolvers()
+    sweep_dir, jobs = plan(args, check_job)
+    record(sweep_dir, jobs)
+    try:
+        _hydra(["--multirun", *args])
+    except Exception as exc:  # a launcher that dies (a lost worker) must not hide the jobs it lost
+        print(f"prefbench: error: the launcher stopped: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return _report(sweep_dir)
+
+
+def _report(sweep_dir: Path) -> int:
+    """Build the report, print how many jobs are not done and why; 0 when all are done."""
+    from bench.report import build_report, load_runs
+    from bench.sweep import status_line
+
+    index = build_report(sweep_dir)
+    runs = load_runs(sweep_dir)
+    line = status_line(list(runs["status"])) if "status" in runs else "No jobs."
+    print(line)
+    print(f"report: {index}")
+    return 0 if line.startswith("All ") else 1
+
+
+def _remove_if_only_hydra(folder: Path) -> None:
+    """Hydra makes a job's folder (its .hydra/ and log) before the job runs; a refused job leaves none."""
+    import shutil
+
+    if folder.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in folder.iterdir()):
+        shutil.rmtree(folder)
 
 
 def compose_config(overrides: list[str]):
@@ -91,28 +140,6 @@ def compose_config(overrides: list[str]):
     fixed = [o for o in overrides if "," not in o and not o.startswith(("hydra", "-"))]
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         return compose("config", overrides=fixed)
-
-
-def cmd_run(args: list[str]) -> int:
-    check_overrides(args)
-    _hydra(args)
-    if _last_summary.get("status") == "failed":
-        print(f"prefbench: error: {_last_summary.get('error')}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def cmd_sweep(args: list[str]) -> int:
-    if not any(a.startswith("sweep=") for a in args):
-        args = ["sweep=default", *args]
-    check_overrides(args)
-    cfg = compose_config(args)
-    _hydra(["--multirun", *args])
-    from bench.report import build_report
-
-    index = build_report(Path(cfg.results_dir) / cfg.sweep_name)
-    print(f"report: {index}")
-    return 0
 
 
 def cmd_methods(args: list[str]) -> int:
@@ -140,9 +167,7 @@ def cmd_eval(args: list[str]) -> int:
 def cmd_report(args: list[str]) -> int:
     if len(args) != 1:
         raise UserError("usage: prefbench report SWEEP_DIR")
-    from bench.report import build_report
-
-    print(f"report: {build_report(Path(args[0]))}")
+    _report(Path(args[0]))
     return 0
 
 

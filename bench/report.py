@@ -12,44 +12,36 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from omegaconf import OmegaConf
 
 from bench import eval_metrics as em
 from bench.errors import UserError
 from bench.results import read_json, read_jsonl, write_atomic
+from bench.sweep import run_rows, status_line, swept_keys
 
 METHOD_ORDER = ["sft", "dpo", "ipo", "kto", "orpo"]
 
 
-def _hyper(run_dir: Path) -> dict:
-    cfg = OmegaConf.load(run_dir / "config.yaml") if (run_dir / "config.yaml").exists() else None
-    if cfg is None:
-        return {}
-    params = {k: v for k, v in OmegaConf.to_container(cfg.method).items() if k != "name"}
+def _hyper(row: dict) -> dict:
+    params = {k.removeprefix("config.method."): v for k, v in row.items()
+              if k.startswith("config.method.") and k != "config.method.name"}
     return {"hyper": ",".join(f"{k}={v}" for k, v in params.items()), **{f"method.{k}": v for k, v in params.items()}}
 
 
 def load_runs(sweep_dir: str | Path) -> pd.DataFrame:
-    """One row per run folder (any folder with a config.yaml or summary.json), failed ones included."""
+    """One row per job the sweep asked for (``sweep.json``) and per run folder, whatever its status.
+    ``series`` is the method, plus the values of any swept config key other than method, model and seed,
+    so runs of different settings are never averaged together; ``df.attrs["swept"]`` lists those keys."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise UserError(f"{sweep_dir}: no such sweep folder")
-    rows = []
-    for run in sorted(p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if not ((run / "summary.json").exists() or (run / "config.yaml").exists()):
-            continue
-        summary = read_json(run / "summary.json", {"status": "missing", "run": run.name})
-        rows.append({"run_dir": str(run), **summary, **_hyper(run)})
+    rows = run_rows(sweep_dir)
+    swept = swept_keys(rows)
+    for row in rows:
+        row |= _hyper(row)
+        variant = ",".join(f"{k}={row.get('config.' + k)}" for k in swept)
+        row["series"] = f"{row.get('method')} [{variant}]" if variant else row.get("method")
     df = pd.DataFrame(rows)
-    if df.empty:
-        return df
-    if {"method", "model", "seed"} <= set(df.columns):  # cells of the grid that never produced a run
-        have = set(zip(df["method"], df["model"], df["seed"]))
-        missing = [m for m in itertools.product(df["method"].dropna().unique(), df["model"].dropna().unique(),
-                                                df["seed"].dropna().unique()) if m not in have]
-        if missing:
-            df = pd.concat([df, pd.DataFrame([{"method": a, "model": b, "seed": c, "status": "missing"}
-                                              for a, b, c in missing])], ignore_index=True)
+    df.attrs["swept"] = swept
     return df
 
 
@@ -58,8 +50,10 @@ def _done(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _methods(df) -> list[str]:
-    present = list(df["method"].dropna().unique())
-    return [m for m in METHOD_ORDER if m in present] + sorted(m for m in present if m not in METHOD_ORDER)
+    """The series of ``df`` (methods, split by swept settings), in METHOD_ORDER."""
+    present = df.dropna(subset=["series"]).drop_duplicates("series")
+    rank = {m: i for i, m in enumerate(METHOD_ORDER)}
+    return sorted(present["series"], key=lambda s: (rank.get(s.split(" [")[0], len(rank)), s))
 
 
 def _sizes(df) -> list[str]:
@@ -76,7 +70,7 @@ def plot_win_rate_vs_size(df: pd.DataFrame) -> plt.Figure:
         if col not in d:
             continue
         for method in _methods(d):
-            g = d[d["method"] == method].groupby("model").agg(
+            g = d[d["series"] == method].groupby("model").agg(
                 n=("n_params", "max"), m=(col, "mean"), lo=(f"{col}_ci_low", "mean"), hi=(f"{col}_ci_high", "mean"))
             g = g.sort_values("n")
             line, = ax.plot(g["n"], g["m"], marker="o", label=method)
@@ -105,8 +99,8 @@ def win_rate_matrix(df: pd.DataFrame, model: str, seed=None) -> pd.DataFrame:
     """Row method's win rate over column method on the prompts both runs share (from samples.jsonl)."""
     d = _done(df)
     d = d[(d["model"] == model) & (d["seed"] == (seed if seed is not None else d["seed"].min()))]
-    d = d.drop_duplicates("method")
-    scores = {m: _scores_by_prompt(r) for m, r in zip(d["method"], d["run_dir"])}
+    d = d.drop_duplicates("series")
+    scores = {m: _scores_by_prompt(r) for m, r in zip(d["series"], d["run_dir"])}
     names = [m for m in _methods(d)]
     mat = pd.DataFrame(np.nan, index=names, columns=names)
     for a, b in itertools.product(names, names):
@@ -140,7 +134,7 @@ def plot_reward_distributions(df: pd.DataFrame) -> plt.Figure:
     for ax, model in zip(axes[0], sizes):
         g = d[d["model"] == model]
         for method in _methods(g):
-            vals = [s for r in g[g["method"] == method]["run_dir"] for v in _scores_by_prompt(r).values() for s in v]
+            vals = [s for r in g[g["series"] == method]["run_dir"] for v in _scores_by_prompt(r).values() for s in v]
             if vals:
                 ax.hist(vals, bins=30, histtype="step", density=True, label=method, lw=1.5)
         ax.set(title=model, xlabel="judge score")
@@ -157,7 +151,7 @@ def plot_logp_dynamics(df: pd.DataFrame) -> plt.Figure:
     fig, axes = plt.subplots(1, len(methods), figsize=(3.6 * len(methods), 3.4), squeeze=False, sharey=True)
     colors = dict(zip(_sizes(d), plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     for ax, method in zip(axes[0], methods):
-        for _, run in d[d["method"] == method].iterrows():
+        for _, run in d[d["series"] == method].iterrows():
             rows = [r for r in read_jsonl(Path(run["run_dir"]) / "metrics.jsonl") if "probe/logps_chosen" in r]
             if rows:
                 steps = [r["step"] for r in rows]
@@ -175,7 +169,7 @@ def plot_reward_kl(df: pd.DataFrame) -> plt.Figure:
     """Mean judge score vs KL(pi || pi_SFT), one point per run (DPO Fig. 2 style; a beta sweep traces it)."""
     d = _done(df)
     fig, ax = plt.subplots(figsize=(6, 4.2))
-    for method in _methods(d):
+    for method in dict.fromkeys(m.split(" [")[0] for m in _methods(d)):  # one colour per method
         g = d[d["method"] == method]
         ax.scatter(g["eval/kl"], g["eval/score_mean"], label=method, s=18 + 30 * _size_rank(d, g))
         varying = [c for c in g.columns if c.startswith("method.") and g[c].nunique() > 1]
@@ -204,7 +198,7 @@ def _bars(df: pd.DataFrame, columns: dict[str, str], title: str) -> plt.Figure:
         if col not in d:
             continue
         for i, method in enumerate(methods):
-            g = d[d["method"] == method].groupby("model")[col].mean()
+            g = d[d["series"] == method].groupby("model")[col].mean()
             ax.bar(np.arange(len(sizes)) + i * width, [g.get(s, np.nan) for s in sizes], width, label=method)
         ax.set_xticks(np.arange(len(sizes)) + width * (len(methods) - 1) / 2, sizes)
         ax.set_title(label, fontsize=10)
@@ -292,7 +286,7 @@ PERF_CAPTION = ("Each bar: the median over alternating repetitions of one `prefb
 PERF_COLUMNS = ["setting", "method", "trl_trainer", "prefbench_tokens_per_s", "trl_tokens_per_s", "speed_ratio",
                 "prefbench_peak_mb", "trl_peak_mb", "memory_ratio", "prefbench_final_loss", "trl_final_loss",
                 "step_cost_vs_orpo"]
-TABLE_COLUMNS = ["method", "model", "seed", "hyper", "status", "n_params", "eval/win_rate_vs_sft",
+TABLE_COLUMNS = ["method", "series", "model", "seed", "hyper", "status", "n_params", "eval/win_rate_vs_sft",
                  "eval/win_rate_vs_chosen", "eval/score_mean", "eval/reward_margin", "eval/reward_accuracy",
                  "eval/kl", "eval/pid", "eval/distinct_2", "cost/train_tokens_per_s", "wall_seconds", "error"]
 
@@ -329,11 +323,13 @@ def build_report(sweep_dir: str | Path) -> Path:
         write_atomic(sweep_dir / "runs.parquet", df.to_parquet(index=False))
         cols = [c for c in TABLE_COLUMNS if c in df]
         table = "<h2>All runs</h2><p>Full table: runs.csv / runs.parquet beside this folder.</p>" + _html_table(
-            df[cols].sort_values(["model", "method"], key=lambda s: s.astype(str)))
-        bad = df[~df["status"].isin(["done"])]
-        status = (f"<p class='warn'>{len(bad)} of {len(df)} runs are not done (failed, partial, running or missing); "
-                  f"they are listed in the table with their error.</p>" if len(bad) else
-                  f"<p>All {len(df)} runs done.</p>")
+            df[cols].sort_values(["model", "series"], key=lambda s: s.astype(str)))
+        line = status_line(list(df["status"]))
+        status = (f"<p>{line}</p>" if line.startswith("All ") else
+                  f"<p class='warn'>{html.escape(line)} They are listed in the table with their error.</p>")
+        swept = df.attrs.get("swept", [])
+        status += (f"<p>Swept besides method, model and seed: {html.escape(', '.join(swept))}. Runs are averaged "
+                   f"over seeds only; each combination of these values is its own series.</p>" if swept else "")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>prefbench: {html.escape(sweep_dir.name)}</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}}img{{max-width:100%}}
 table.runs{{border-collapse:collapse;font-size:12px}}table.runs td,table.runs th{{border:1px solid #ccc;padding:2px 5px}}

@@ -19,11 +19,13 @@ def _clean(obj):
 
 
 def write_atomic(path: str | Path, text: str | bytes) -> None:
-    """Write via a temp file in the same folder and rename: readers see the old or the new file."""
+    """Write via a temp file in the same folder and rename: readers see the old or the new file, with the
+    permissions of an ordinary write under the process umask (mkstemp alone would make it 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
             f.write(text)
             f.flush()
@@ -32,6 +34,12 @@ def write_atomic(path: str | Path, text: str | bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: str | Path, obj) -> None:

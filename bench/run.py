@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import sys
 import time
 import traceback
 from pathlib import Path
 
 import torch
 import transformers
+from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
 from bench import refcache
@@ -24,21 +26,52 @@ from bench.evaluate import evaluate
 from bench.pipeline import Group, load_model, logprob_probe, prepare, train_spec
 from bench.results import read_json, write_atomic, write_json
 from bench.models import attach_lora
+from bench.naming import check_sweep_name, settings
 from bench.stages import stage_info, stage_key
 from bench.trainer import NonFiniteLoss, train
 from bench.views import build_view
 
 
+FAULTS = ("none", "nan_loss")  # test hooks (conf/config.yaml: fault)
+
+
+def check_job(cfg: DictConfig) -> None:
+    """Everything that can be said about a job's config before any folder or stage exists."""
+    missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra"))
+    if missing:
+        raise UserError(f"{missing[0]} must be set (e.g. {missing[0]}=...): it has no default")
+    check_sweep_name(cfg.sweep_name)
+    if cfg.fault not in FAULTS:
+        raise UserError(f"fault={cfg.fault!r} is unknown; allowed: {', '.join(FAULTS)}")
+    validate(cfg)
+    method_from_config(cfg.method)
+
+
 def run_job(cfg: DictConfig, run_dir: str | Path) -> dict:
-    """Run (or skip, or resume) one job; always returns its summary."""
+    """Run (or skip, or resume) one job and return its summary. A config that cannot run raises UserError
+    before any folder is made; a job that fails while running records it in its summary instead."""
     transformers.utils.logging.disable_progress_bar()  # also in launcher worker processes
     transformers.utils.logging.set_verbosity_error()
+    check_job(cfg)
     run_dir = Path(run_dir)
+    sweep_dir = Path(cfg.results_dir) / cfg.sweep_name
+    if run_dir.resolve().parent != sweep_dir.resolve():
+        raise UserError(f"run folder {run_dir} is not inside {sweep_dir}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with FileLock(run_dir / ".lock", blocking=False):
+            return _run_locked(cfg, run_dir)
+    except Timeout:
+        raise UserError(f"{run_dir} is being run by another process right now; "
+                        f"its result will appear there") from None
+
+
+def _run_locked(cfg: DictConfig, run_dir: Path) -> dict:
     config_text = OmegaConf.to_yaml(cfg, resolve=True)
     previous = read_json(run_dir / "summary.json", {})
     if previous and not cfg.force:
         saved = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").exists() else None
-        if saved is not None and _settings(saved) != _settings(config_text):
+        if saved is not None and settings(OmegaConf.to_container(OmegaConf.create(saved))) != settings(cfg):
             raise UserError(f"{run_dir} holds a run with a different config; pass force=true to replace it, "
                             f"or sweep_name=<new name> to keep both")
         if previous.get("status") == "done":
@@ -46,7 +79,6 @@ def run_job(cfg: DictConfig, run_dir: str | Path) -> dict:
             return previous
     if cfg.force and (run_dir / "checkpoint").exists():
         shutil.rmtree(run_dir / "checkpoint")
-    run_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(run_dir / "config.yaml", config_text)
     summary = {"status": "running", "run": run_dir.name, "method": cfg.method.name, "model": cfg.model.name,
                "task": cfg.task.name, "seed": int(cfg.seed), "error": None}
@@ -64,7 +96,8 @@ def run_job(cfg: DictConfig, run_dir: str | Path) -> dict:
         summary |= {"status": "failed", "error": f"{type(exc).__name__}: {exc} (traceback in error.log)"}
     summary["wall_seconds"] = time.perf_counter() - t0
     write_json(run_dir / "summary.json", summary)
-    print(f"[prefbench] {run_dir}: {summary['status']}" + (f" ({summary['error']})" if summary["error"] else ""))
+    print(f"[prefbench] {run_dir}: {summary['status']}" + (f" ({summary['error']})" if summary["error"] else ""),
+          file=sys.stderr if summary["error"] else sys.stdout)
     return summary
 
 
@@ -80,17 +113,7 @@ def build_policy(cfg: DictConfig, start):
     return attach_lora(model, cfg.model.lora) if cfg.model.get("lora") else model
 
 
-def _settings(config_yaml: str) -> dict:
-    """What defines a run's result: its config without bookkeeping keys."""
-    cfg = OmegaConf.to_container(OmegaConf.create(config_yaml))
-    for key in ("force", "results_dir", "cache_dir", "sweep_name", "threads"):
-        cfg.pop(key, None)
-    cfg.get("trainer", {}).pop("progress", None)
-    return cfg
-
-
 def _train_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict:
-    validate(cfg)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     method = method_from_config(cfg.method)

@@ -30,6 +30,13 @@ def prefbench(*args, cwd=None, check=True, timeout=600, env=None):
     return proc
 
 
+def run_dir(parent: Path, prefix: str) -> Path:
+    """The one run folder in ``parent`` named ``prefix`` plus its overrides and config digest."""
+    found = [p for p in Path(parent).glob(f"{prefix}*") if p.is_dir() and p.name[len(prefix):][:1] in (",", "-")]
+    assert len(found) == 1, (prefix, sorted(p.name for p in Path(parent).iterdir()))
+    return found[0]
+
+
 @pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory):
     """One stage cache for the whole session, so tokenizer/base/SFT stages are built once."""

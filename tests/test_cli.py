@@ -7,7 +7,7 @@ import pytest
 
 from bench import refcache
 from bench.views import View
-from tests.conftest import SMOKE, prefbench
+from tests.conftest import SMOKE, prefbench, run_dir
 
 UNIFORM = {"loss", "logps/chosen", "logps/chosen_per_token", "nll/chosen", "probe/logps_chosen",
            "probe/logps_rejected", "tokens_per_s", "step", "lr"}
@@ -23,10 +23,11 @@ def test_methods_lists_the_registry():
 
 def test_every_method_trains_end_to_end_through_the_cli(tmp_path, shared_cache):
     proc = prefbench("sweep", "method=sft,dpo,ipo,kto,orpo", "hydra.launcher.n_jobs=1", f"results_dir={tmp_path}",
+                     "sweep_name=default",
                      f"cache_dir={shared_cache}", *SMOKE)
     assert "report:" in proc.stdout
     for method in ["sft", "dpo", "ipo", "kto", "orpo"]:
-        run = tmp_path / "default" / f"reviews-tiny-xs-{method}-s0"
+        run = run_dir(tmp_path / "default", f"reviews-tiny-xs-{method}-s0")
         summary = json.loads((run / "summary.json").read_text())
         assert summary["status"] == "done", summary["error"]
         assert (run / "checkpoint" / "model.safetensors").exists() and (run / "config.yaml").exists()
@@ -125,5 +126,5 @@ def test_external_plugin_is_discovered_by_entry_point_and_trains(tmp_path, share
     assert "hinge    paired    yes       sft   beta=0.5" in prefbench("methods", env=env).stdout
     prefbench("run", "method=hinge", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", f"results_dir={tmp_path}",
               f"cache_dir={shared_cache}", *SMOKE, env=env)
-    summary = json.loads((tmp_path / "runs" / "reviews-tiny-xs-hinge-s0" / "summary.json").read_text())
+    summary = json.loads((run_dir(tmp_path / "runs", "reviews-tiny-xs-hinge-s0") / "summary.json").read_text())
     assert summary["status"] == "done" and summary["method"] == "hinge" and summary["init"] == "sft"

@@ -135,12 +135,12 @@ def test_llm_judge_needs_its_key_from_the_environment(llm_server, monkeypatch):
 
 
 def test_a_run_with_failing_llm_verdicts_is_marked_partial_and_keeps_everything(llm_server, tmp_path, shared_cache):
-    from tests.conftest import prefbench
+    from tests.conftest import prefbench, run_dir
 
     FakeLLM.script = ["7", "garbage", "4", "range"]  # no retries: half of the verdicts never arrive
     prefbench("run", "method=orpo", "judge=llm", f"judge.base_url={llm_server}", "judge.require_key=false",
               "judge.max_retries=0", "judge.timeout_s=2", f"results_dir={tmp_path}", f"cache_dir={shared_cache}", *SMOKE)
-    run = tmp_path / "runs" / "reviews-tiny-xs-orpo-s0"
+    run = run_dir(tmp_path / "runs", "reviews-tiny-xs-orpo-s0")
     summary = json.loads((run / "summary.json").read_text())
     samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
     assert summary["status"] == "partial" and summary["eval/unjudged"] > 0

@@ -15,7 +15,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
-    prefbench("sweep", "method=sft,dpo", "model=tiny-xs,tiny-s", f"results_dir={root}",
+    prefbench("sweep", "method=sft,dpo", "model=tiny-xs,tiny-s", f"results_dir={root}", "sweep_name=default",
               *[a for a in SMOKE if not a.startswith("model=")])
     return root / "default"
 

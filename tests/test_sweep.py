@@ -2,6 +2,7 @@
 stop the others, the report over a folder with a failed run, determinism, and cluster launchers."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.report import build_report, load_runs
-from tests.conftest import REPO, SMOKE, prefbench
+from bench.report import load_runs
+from tests.conftest import REPO, SMOKE, prefbench, run_dir
 
 
 def summary(run: Path) -> dict:
@@ -19,19 +20,25 @@ def summary(run: Path) -> dict:
 
 
 def test_multirun_with_a_failing_run_and_its_report(tmp_path, shared_cache):
-    """2 methods x 2 sizes, plus one job forced to a NaN loss: the others finish, the report shows it."""
-    prefbench("sweep", "method=sft,orpo", "model=tiny-xs,tiny-s", "fault=none,nan_loss", f"results_dir={tmp_path}",
-              f"cache_dir={shared_cache}", *[a for a in SMOKE if not a.startswith("model=")])
+    """2 methods x 2 sizes, plus one job forced to a NaN loss: the others finish, the report shows it, and the
+    sweep's exit status says that not every job is done."""
+    proc = prefbench("sweep", "method=sft,orpo", "model=tiny-xs,tiny-s", "fault=none,nan_loss", f"results_dir={tmp_path}",
+                     "sweep_name=default", f"cache_dir={shared_cache}", *[a for a in SMOKE if not a.startswith("model=")],
+                     check=False)
+    assert proc.returncode == 1 and "4 of 8 jobs are not done: 4 failed." in proc.stdout
     runs = {p.name: summary(p) for p in (tmp_path / "default").iterdir() if (p / "summary.json").exists()}
     assert len(runs) == 8
     failed = {k: v for k, v in runs.items() if v["status"] == "failed"}
-    assert set(failed) == {f"reviews-{m}-{x}-s0,fault=nan_loss" for m in ("tiny-xs", "tiny-s") for x in ("sft", "orpo")}
+    assert {k.partition(",")[0] for k in failed} == {f"reviews-{m}-{x}-s0" for m in ("tiny-xs", "tiny-s")
+                                                     for x in ("sft", "orpo")}
+    assert all(",fault=nan_loss," in k for k in failed)
     assert all("non-finite loss" in v["error"] for v in failed.values())
     assert all(v["status"] == "done" for k, v in runs.items() if k not in failed)
     df = load_runs(tmp_path / "default")
     assert sorted(df["status"]) == ["done"] * 4 + ["failed"] * 4
+    assert df.attrs["swept"] == ["fault"]  # the failed runs are a series of their own, not averaged in
     page = (tmp_path / "default" / "report" / "index.html").read_text()
-    assert "4 of 8 runs are not done" in page and page.count("non-finite loss") == 4
+    assert "4 of 8 jobs are not done: 4 failed." in page and page.count("non-finite loss") == 4
     for plot in ["win_rate_vs_size", "win_rate_matrix", "reward_distributions", "logp_dynamics", "reward_kl",
                  "diversity", "compute"]:
         assert (tmp_path / "default" / "report" / f"{plot}.png").stat().st_size > 5000
@@ -42,20 +49,22 @@ def test_rerun_skips_finished_runs(tmp_path, shared_cache):
     args = ["run", "method=sft", f"results_dir={tmp_path}", f"cache_dir={shared_cache}", *SMOKE]
     prefbench(*args)
     assert "done already, skipped" in prefbench(*args).stdout
-    changed = prefbench(*args, "trainer.lr=0.1", check=False)
-    assert changed.returncode != 0 and "holds a run with a different config" in changed.stderr
+    changed = prefbench(*args, "trainer.lr=0.1")  # another config: another folder, the first one kept
+    assert sorted(p.name.partition(",")[0] for p in (tmp_path / "runs").iterdir()) == ["reviews-tiny-xs-sft-s0"] * 2
+    assert "done already" not in changed.stdout
 
 
 def test_killed_run_resumes_from_its_checkpoint(tmp_path, shared_cache):
     args = ["run", "method=dpo", f"results_dir={tmp_path}", f"cache_dir={shared_cache}", *SMOKE,
             "trainer.steps=400", "trainer.checkpoint_every=20", "trainer.log_every=20"]
     prefbench("run", "method=sft", f"results_dir={tmp_path / 'warm'}", f"cache_dir={shared_cache}", *SMOKE)  # stages
-    run = tmp_path / "runs" / "reviews-tiny-xs-dpo-s0"
     exe = Path(sys.executable).parent / "prefbench"
     proc = subprocess.Popen([str(exe), *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while not (run / "checkpoint" / "trainer_state.pt").exists() and time.time() < deadline:
+    while not list((tmp_path / "runs").glob("reviews-tiny-xs-dpo-s0*/checkpoint/trainer_state.pt")) \
+            and time.time() < deadline:
         time.sleep(0.05)
+    run = run_dir(tmp_path / "runs", "reviews-tiny-xs-dpo-s0")
     time.sleep(0.3)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -71,7 +80,7 @@ def test_same_seed_twice_gives_the_same_summary(tmp_path):
     results = []
     for i in range(2):  # fully separate results and stage caches: everything is rebuilt
         prefbench("run", "method=dpo", f"results_dir={tmp_path / str(i)}", *SMOKE)
-        results.append(summary(next((tmp_path / str(i) / "runs").iterdir())))
+        results.append(summary(run_dir(tmp_path / str(i) / "runs", "reviews-tiny-xs-dpo-s0")))
     keys = [k for k in results[0] if k.startswith(("train/loss", "train/logps", "eval/score", "eval/kl",
                                                      "eval/reward_margin", "eval/win_rate"))]
     assert len(keys) > 8
@@ -79,26 +88,30 @@ def test_same_seed_twice_gives_the_same_summary(tmp_path):
 
 
 def test_report_shows_missing_runs(tmp_path, shared_cache):
-    prefbench("sweep", "method=sft,orpo", "hydra.launcher.n_jobs=1", f"results_dir={tmp_path}",
-              f"cache_dir={shared_cache}", *SMOKE)
+    prefbench("sweep", "method=sft,orpo,dpo", "hydra.launcher.n_jobs=1", f"results_dir={tmp_path}",
+              "sweep_name=default", f"cache_dir={shared_cache}", *SMOKE)
     sweep = tmp_path / "default"
-    (sweep / "reviews-tiny-xs-orpo-s0" / "summary.json").unlink()  # a run that never reported
-    build_report(sweep)
+    (run_dir(sweep, "reviews-tiny-xs-orpo-s0") / "summary.json").unlink()  # a run that never reported
+    shutil.rmtree(run_dir(sweep, "reviews-tiny-xs-dpo-s0"))  # a job whose worker was lost before it began
+    proc = prefbench("report", str(sweep))
     df = load_runs(sweep)
-    assert set(df["status"]) == {"done", "missing"}
-    assert "1 of 2 runs are not done" in (sweep / "report" / "index.html").read_text()
+    assert sorted(df["status"]) == ["done", "missing", "missing"]
+    assert set(df[df["status"] == "missing"]["method"]) == {"orpo", "dpo"}  # named from the sweep's plan
+    line = "2 of 3 jobs are not done: 2 missing."
+    assert line in proc.stdout and line in (sweep / "report" / "index.html").read_text()
 
 
 def test_submitit_local_launcher(tmp_path, shared_cache):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    prefbench("sweep", "hydra/launcher=submitit_local", "method=sft,orpo", f"results_dir={tmp_path}",
+    prefbench("sweep", "hydra/launcher=submitit_local", "method=sft,orpo", f"results_dir={tmp_path}", "sweep_name=sub",
               f"cache_dir={shared_cache}", *SMOKE, "hydra.launcher.timeout_min=10")
-    assert [summary(p)["status"] for p in sorted((tmp_path / "default").glob("reviews-*"))] == ["done", "done"]
-    assert list((tmp_path / "default" / ".submitit").glob("*/*_log.out"))  # really went through submitit
+    assert [summary(p)["status"] for p in sorted((tmp_path / "sub").glob("reviews-*"))] == ["done", "done"]
+    assert list((tmp_path / "sub" / ".submitit").glob("*/*_log.out"))  # really went through submitit
 
 
 def test_ray_launcher_on_a_local_instance(tmp_path, shared_cache):
     pytest.importorskip("hydra_plugins.hydra_ray_launcher")
     prefbench("sweep", "hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2", "+hydra.launcher.ray.init.include_dashboard=false",
-              "method=sft,orpo", f"results_dir={tmp_path}", f"cache_dir={shared_cache}", *SMOKE, timeout=900)
-    assert [summary(p)["status"] for p in sorted((tmp_path / "default").glob("reviews-*"))] == ["done", "done"]
+              "method=sft,orpo", f"results_dir={tmp_path}", "sweep_name=ray", f"cache_dir={shared_cache}", *SMOKE,
+              timeout=900)
+    assert [summary(p)["status"] for p in sorted((tmp_path / "ray").glob("reviews-*"))] == ["done", "done"]
