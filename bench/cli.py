@@ -107,8 +107,9 @@ def cmd_sweep(args: list[str]) -> int:
     record(sweep_dir, jobs)
     try:
         _hydra(["--multirun", *args])
-    except Exception as exc:  # a launcher that dies (a lost worker) must not hide the jobs it lost
-        print(f"prefbench: error: the launcher stopped: {type(exc).__name__}: {exc}", file=sys.stderr)
+    except (Exception, SystemExit) as exc:  # a launcher that dies (a lost worker) must not hide the jobs it lost
+        print(f"prefbench: error: the sweep stopped early ({type(exc).__name__}: {exc}); counting its jobs",
+              file=sys.stderr)
     return _report(sweep_dir)
 
 
