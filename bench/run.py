@@ -21,6 +21,7 @@ from bench.compute import peak_memory_mb
 from bench.config import method_from_config, validate
 from bench.errors import UserError
 from bench.evaluate import evaluate
+from bench.faults import kill_point
 from bench.pipeline import Group, load_model, logprob_probe, prepare, train_spec
 from bench.results import read_json, write_atomic, write_json
 from bench.models import attach_lora
@@ -63,6 +64,7 @@ def run_job(cfg: DictConfig, run_dir: str | Path) -> dict:
         write_atomic(run_dir / "error.log", traceback.format_exc())
         summary |= {"status": "failed", "error": f"{type(exc).__name__}: {exc} (traceback in error.log)"}
     summary["wall_seconds"] = time.perf_counter() - t0
+    kill_point("summary")
     write_json(run_dir / "summary.json", summary)
     print(f"[prefbench] {run_dir}: {summary['status']}" + (f" ({summary['error']})" if summary["error"] else ""))
     return summary

@@ -20,6 +20,7 @@ from transformers import get_scheduler
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from bench.checkpoint import load_checkpoint, save_checkpoint
+from bench.faults import kill_point
 from bench.logprobs import sequence_logps
 from bench.packing import packed_attention
 from bench.refcache import ReferenceLogps
@@ -169,6 +170,7 @@ def train(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, pad
                 accelerator.wait_for_everyone()
                 if accelerator.is_main_process:
                     save_checkpoint(out_dir / "checkpoint", accelerator.unwrap_model(model), optimizer, scheduler, done)
+            kill_point(f"train_step_{done}")
     bar.close()
     model = accelerator.unwrap_model(model)
     if spec.gradient_checkpointing:
