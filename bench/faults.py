@@ -5,7 +5,7 @@
 variable is read from the environment, not from the config, so it is no part of a run's identity and
 a rerun without it resumes the same run folder. Points:
 
-  stage_build    a cached stage (tokenizer, base, SFT, ...) is built but not yet published
+  stage_build:K  a cached stage of kind K (tokenizer, base, sft) is built but not yet published
   train_step_N   optimizer step N is done (and checkpointed, when N is a checkpoint step); the first
                  training in the process that reaches it, which is a stage's on a cold cache
   evaluate       mid-evaluation: samples generated and scored, judge not yet run

@@ -33,7 +33,7 @@ def build_stage(cache_dir: str | Path, kind: str, spec: dict, build: Callable[[P
         tmp.mkdir()
         t0 = time.perf_counter()
         stats = build(tmp) or {}
-        kill_point("stage_build")
+        kill_point(f"stage_build:{kind}")
         write_json(tmp / "stage.json", {"kind": kind, "spec": spec, "seconds": time.perf_counter() - t0, **stats})
         shutil.rmtree(path, ignore_errors=True)
         tmp.rename(path)
