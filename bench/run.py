@@ -17,7 +17,7 @@ import transformers
 from omegaconf import DictConfig, OmegaConf
 
 from bench import refcache
-from bench.compute import peak_memory_mb
+from bench.compute import peak_memory_mb, reset_peak_memory
 from bench.config import method_from_config, validate
 from bench.errors import UserError
 from bench.evaluate import evaluate
@@ -26,7 +26,7 @@ from bench.pipeline import Group, load_model, logprob_probe, prepare, train_spec
 from bench.results import read_json, write_atomic, write_json
 from bench.models import attach_lora
 from bench.stages import stage_info, stage_key
-from bench.trainer import NonFiniteLoss, train
+from bench.trainer import NonFiniteTraining, train
 from bench.views import build_view
 
 
@@ -58,8 +58,8 @@ def run_job(cfg: DictConfig, run_dir: str | Path) -> dict:
         summary["status"] = summary.pop("eval_status", "done")
     except UserError as exc:
         summary |= {"status": "failed", "error": str(exc)}
-    except NonFiniteLoss as exc:
-        summary |= {"status": "failed", "error": f"non-finite loss: {exc}"}
+    except NonFiniteTraining as exc:
+        summary |= {"status": "failed", "error": str(exc)}
     except Exception as exc:  # a crash in one job must not stop the sweep; keep the trace for debugging
         write_atomic(run_dir / "error.log", traceback.format_exc())
         summary |= {"status": "failed", "error": f"{type(exc).__name__}: {exc} (traceback in error.log)"}
@@ -92,6 +92,7 @@ def _settings(config_yaml: str) -> dict:
 
 
 def _train_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict:
+    memory_how = reset_peak_memory()  # this job's own peak, also in a launcher worker that ran others
     validate(cfg)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
@@ -129,5 +130,5 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict:
         "cost/sft_stage_seconds": stage_info(group.sft).get("seconds") if init == "sft" else None,
     }
     summary |= evaluate(cfg, group, model, run_dir)
-    summary["cost/peak_memory_mb"] = peak_memory_mb()
+    summary |= {"cost/peak_memory_mb": peak_memory_mb(), "cost/peak_memory_how": memory_how}
     return summary
