@@ -114,6 +114,8 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict:
         with torch.no_grad():
             for p in model.parameters():
                 p.fill_(float("nan"))
+    if cfg.fault == "nan_grad":  # the loss stays finite; one parameter's gradient is NaN
+        next(p for p in model.parameters() if p.requires_grad).register_hook(lambda g: torch.full_like(g, float("nan")))
     probe_view = build_view("paired", group.data.kind, group.data.eval, int(cfg.seed)) \
         if group.data.kind == "paired" else None
     stats = train(model, method, view, train_spec(cfg), run_dir, group.pad_id, reference,
