@@ -1,14 +1,44 @@
-"""Compute cost: peak memory (CUDA max allocated, else the process's peak RSS)."""
+"""Compute cost: each job's own peak memory.
+
+``reset_peak_memory()`` at a job's start, ``peak_memory_mb()`` at its end:
+  - CUDA: ``torch.cuda.max_memory_allocated`` after ``torch.cuda.reset_peak_memory_stats``.
+  - CPU on Linux: the process's peak resident set size (VmHWM in /proc/self/status), reset by writing
+    "5" to /proc/self/clear_refs (proc(5), Linux >= 4.0). A launcher worker that runs several jobs
+    then reports each job's own peak, not the largest of all its jobs so far; the figure includes what
+    the process already held when the job started (interpreter, libraries, caches).
+  - Elsewhere, or where clear_refs cannot be written: ``ru_maxrss``, the process's lifetime peak, an
+    upper bound for the job.
+``reset_peak_memory`` returns which of these the job's figure is (summary key cost/peak_memory_how).
+"""
 from __future__ import annotations
 
+import re
 import resource
 import sys
+from pathlib import Path
 
 import torch
+
+_CLEAR_REFS, _STATUS = Path("/proc/self/clear_refs"), Path("/proc/self/status")
+
+
+def reset_peak_memory() -> str:
+    """Start a job's peak-memory measurement; returns how the peak is measured."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        return "cuda_max_allocated"
+    try:
+        _CLEAR_REFS.write_text("5")
+        return "rss_peak_since_job_start"
+    except OSError:
+        return "process_lifetime_max_rss"
 
 
 def peak_memory_mb() -> float:
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
+    hwm = re.search(r"^VmHWM:\s+(\d+) kB", _STATUS.read_text(), re.M) if _STATUS.exists() else None
+    if hwm:
+        return int(hwm.group(1)) / 2**10
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10

@@ -19,6 +19,7 @@ from filelock import FileLock
 
 from bench import eval_metrics as em
 from bench.embedder import embed
+from bench.faults import kill_point
 from bench.judges import make_judge
 from bench.logprobs import score_view
 from bench.pipeline import load_model
@@ -97,6 +98,7 @@ def evaluate(cfg, group, model, run_dir: Path) -> dict:
                 "eval/logps_rejected": float(pol["rejected.sum"].mean())}
     anchor_ids = _anchor_samples(cfg, group, anchor, prompt_ids, max_new)
     del anchor
+    kill_point("evaluate")
 
     texts = [tok.decode(c, skip_special_tokens=True) for _, c in flat]
     anchor_texts = [tok.decode(c, skip_special_tokens=True) for s in anchor_ids for c in s]

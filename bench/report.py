@@ -15,6 +15,7 @@ import pandas as pd
 
 from bench import eval_metrics as em
 from bench.errors import UserError
+from bench.faults import kill_point
 from bench.results import read_json, read_jsonl, write_atomic
 from bench.sweep import run_rows, status_line, swept_keys
 
@@ -316,6 +317,7 @@ def build_report(sweep_dir: str | Path) -> Path:
         fig.savefig(out / f"{name}.png", dpi=110, bbox_inches="tight")
         plt.close(fig)
         sections.append(f'<h2>{title}</h2><p>{html.escape(caption)}</p><img src="{name}.png" alt="{title}">')
+        kill_point("report")
     if not perf.empty:
         sections.append(_html_table(perf[[c for c in PERF_COLUMNS if c in perf]]))
     if not df.empty:

@@ -19,20 +19,21 @@ from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
 from bench import refcache
-from bench.compute import peak_memory_mb
+from bench.compute import peak_memory_mb, reset_peak_memory
 from bench.config import method_from_config, validate
 from bench.errors import UserError
 from bench.evaluate import evaluate
+from bench.faults import kill_point
 from bench.pipeline import Group, load_model, logprob_probe, prepare, train_spec
 from bench.results import read_json, write_atomic, write_json
 from bench.models import attach_lora
 from bench.naming import check_sweep_name, settings
 from bench.stages import stage_info, stage_key
-from bench.trainer import NonFiniteLoss, train
+from bench.trainer import NonFiniteTraining, train
 from bench.views import build_view
 
 
-FAULTS = ("none", "nan_loss")  # test hooks (conf/config.yaml: fault)
+FAULTS = ("none", "nan_loss", "nan_grad")  # test hooks (conf/config.yaml: fault)
 
 
 def check_job(cfg: DictConfig) -> None:
@@ -89,12 +90,13 @@ def _run_locked(cfg: DictConfig, run_dir: Path) -> dict:
         summary["status"] = summary.pop("eval_status", "done")
     except UserError as exc:
         summary |= {"status": "failed", "error": str(exc)}
-    except NonFiniteLoss as exc:
-        summary |= {"status": "failed", "error": f"non-finite loss: {exc}"}
+    except NonFiniteTraining as exc:
+        summary |= {"status": "failed", "error": str(exc)}
     except Exception as exc:  # a crash in one job must not stop the sweep; keep the trace for debugging
         write_atomic(run_dir / "error.log", traceback.format_exc())
         summary |= {"status": "failed", "error": f"{type(exc).__name__}: {exc} (traceback in error.log)"}
     summary["wall_seconds"] = time.perf_counter() - t0
+    kill_point("summary")
     write_json(run_dir / "summary.json", summary)
     print(f"[prefbench] {run_dir}: {summary['status']}" + (f" ({summary['error']})" if summary["error"] else ""),
           file=sys.stderr if summary["error"] else sys.stdout)
@@ -114,6 +116,7 @@ def build_policy(cfg: DictConfig, start):
 
 
 def _train_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict:
+    memory_how = reset_peak_memory()  # this job's own peak, also in a launcher worker that ran others
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     method = method_from_config(cfg.method)
@@ -134,6 +137,8 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict:
         with torch.no_grad():
             for p in model.parameters():
                 p.fill_(float("nan"))
+    if cfg.fault == "nan_grad":  # the loss stays finite; one parameter's gradient is NaN
+        next(p for p in model.parameters() if p.requires_grad).register_hook(lambda g: torch.full_like(g, float("nan")))
     probe_view = build_view("paired", group.data.kind, group.data.eval, int(cfg.seed)) \
         if group.data.kind == "paired" else None
     stats = train(model, method, view, train_spec(cfg), run_dir, group.pad_id, reference,
@@ -150,5 +155,5 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict:
         "cost/sft_stage_seconds": stage_info(group.sft).get("seconds") if init == "sft" else None,
     }
     summary |= evaluate(cfg, group, model, run_dir)
-    summary["cost/peak_memory_mb"] = peak_memory_mb()
+    summary |= {"cost/peak_memory_mb": peak_memory_mb(), "cost/peak_memory_how": memory_how}
     return summary

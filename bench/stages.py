@@ -11,6 +11,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from bench.faults import kill_point
 from bench.results import read_json, write_json
 
 
@@ -32,6 +33,7 @@ def build_stage(cache_dir: str | Path, kind: str, spec: dict, build: Callable[[P
         tmp.mkdir()
         t0 = time.perf_counter()
         stats = build(tmp) or {}
+        kill_point(f"stage_build:{kind}")
         write_json(tmp / "stage.json", {"kind": kind, "spec": spec, "seconds": time.perf_counter() - t0, **stats})
         shutil.rmtree(path, ignore_errors=True)
         tmp.rename(path)

@@ -3,6 +3,9 @@
 Per optimizer step: ``grad_accum`` micro-batches, each one forward over the concatenated
 chosen+rejected sequences (plus a no-grad forward for probe roles such as KTO's mismatched
 completions), the method's loss, backward; then gradient clipping, AdamW and the LR schedule.
+A non-finite loss or gradient norm stops training before the optimizer step (NonFiniteTraining).
+A checkpoint carries the cumulative trained tokens, train seconds and last logged metrics, so a
+resumed run reports the cost and metrics of all its steps.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from transformers import get_scheduler
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from bench.checkpoint import load_checkpoint, save_checkpoint
+from bench.faults import kill_point
 from bench.logprobs import sequence_logps
 from bench.packing import packed_attention
 from bench.refcache import ReferenceLogps
@@ -29,8 +33,16 @@ from bench.views import PROBE_ROLES, TRAINED_ROLES, View, pack
 from methods import BatchLogps, Method, SeqLogps
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteTraining(RuntimeError):
+    """Training met a non-finite value; raised before the optimizer step, so no weight is NaN-poisoned."""
+
+
+class NonFiniteLoss(NonFiniteTraining):
     pass
+
+
+class NonFiniteGradient(NonFiniteTraining):
+    """A finite loss with a non-finite gradient, e.g. ORPO when a per-token mean log-prob is exactly 0."""
 
 
 @dataclass
@@ -117,14 +129,14 @@ def train(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, pad
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay, fused=True)
     scheduler = get_scheduler(spec.scheduler, optimizer, num_warmup_steps=math.ceil(spec.warmup_ratio * spec.steps),
                               num_training_steps=spec.steps)
-    start_step = load_checkpoint(out_dir / "checkpoint", model, optimizer, scheduler)
+    start_step, progress = load_checkpoint(out_dir / "checkpoint", model, optimizer, scheduler)
     if spec.gradient_checkpointing:
         enable_checkpointing(model)
     model, optimizer = accelerator.prepare(model, optimizer)  # the schedule counts optimizer steps: not prepared
     device = accelerator.device
     log = MetricsLog(out_dir / "metrics.jsonl", start_step)
     model.train()
-    tokens, elapsed, last = 0, 0.0, {}
+    tokens, elapsed, last = progress.get("tokens", 0), progress.get("seconds", 0.0), progress.get("last", {})
     bar = tqdm(range(start_step, spec.steps), desc=desc, initial=start_step, total=spec.steps,
                disable=not (spec.progress and accelerator.is_main_process), leave=False)
     with packed_attention(model, spec.packing):  # spans the backward: checkpointing re-runs layers there
@@ -140,10 +152,14 @@ def train(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, pad
                     ref = reference.lookup(index, device) if reference is not None else None
                     out = method.loss(policy, ref if method.needs_reference else None)
                     if not torch.isfinite(out.loss):
-                        raise NonFiniteLoss(f"loss is {float(out.loss)} at step {step}")
+                        raise NonFiniteLoss(f"non-finite loss ({float(out.loss)}) at step {step + 1}")
                     accelerator.backward(out.loss)
-                    if accelerator.sync_gradients and spec.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(model.parameters(), spec.max_grad_norm)
+                    if accelerator.sync_gradients:  # max_norm inf: the total norm, grads left as they are
+                        norm = accelerator.clip_grad_norm_(model.parameters(),
+                                                           spec.max_grad_norm if spec.max_grad_norm > 0 else math.inf)
+                        # fp16's grad scaler skips a step with inf/nan gradients by design; else it is a bug
+                        if norm is not None and accelerator.scaler is None and not math.isfinite(float(norm)):
+                            raise NonFiniteGradient(f"non-finite gradient (norm {float(norm)}) at step {step + 1}")
                     optimizer.step()  # accelerate skips it until the last micro-batch of the step
                     if accelerator.sync_gradients:
                         scheduler.step()
@@ -168,7 +184,9 @@ def train(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, pad
             if (done == spec.steps and spec.save_final) or (spec.checkpoint_every and done % spec.checkpoint_every == 0):
                 accelerator.wait_for_everyone()
                 if accelerator.is_main_process:
-                    save_checkpoint(out_dir / "checkpoint", accelerator.unwrap_model(model), optimizer, scheduler, done)
+                    save_checkpoint(out_dir / "checkpoint", accelerator.unwrap_model(model), optimizer, scheduler, done,
+                                    {"tokens": tokens, "seconds": elapsed, "last": last})
+            kill_point(f"train_step_{done}")
     bar.close()
     model = accelerator.unwrap_model(model)
     if spec.gradient_checkpointing:
