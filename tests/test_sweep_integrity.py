@@ -11,6 +11,7 @@ from filelock import FileLock
 from omegaconf import OmegaConf
 
 from bench.cli import compose_config
+from bench.report import load_runs
 from bench.naming import config_digest, readable_overrides, run_name, safe_component
 from tests.conftest import REPO, SMOKE, prefbench, run_dir
 
@@ -123,3 +124,15 @@ def test_results_are_written_with_the_process_umask(tmp_path, shared_cache):
     for path in [run / "summary.json", run / "config.yaml", run / "metrics.jsonl", tmp_path / "shared" / "runs.csv",
                  tmp_path / "shared" / "report" / "index.html", tmp_path / "shared" / "sweep.json"]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o640, path
+
+
+def test_lost_workers_do_not_lose_their_jobs(tmp_path, shared_cache):
+    """Workers killed with SIGKILL mid-training take the launcher down; the sweep still counts every job."""
+    proc = prefbench("sweep", "method=sft,orpo,dpo", "hydra.launcher.n_jobs=2", f"results_dir={tmp_path}",
+                     "sweep_name=lost", f"cache_dir={shared_cache}", *SMOKE, check=False,
+                     env={"PREFBENCH_KILL_AT": "train_step_3"})
+    assert proc.returncode == 1 and "the sweep stopped early" in proc.stderr, proc.stderr[-2000:]
+    assert "3 of 3 jobs are not done:" in proc.stdout
+    df = load_runs(tmp_path / "lost")
+    assert len(df) == 3 and set(df["status"]) <= {"running", "missing"}
+    assert "3 of 3 jobs are not done:" in (tmp_path / "lost" / "report" / "index.html").read_text()
