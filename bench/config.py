@@ -20,6 +20,15 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(f"init={cfg.init!r} is not allowed; allowed: auto, base, sft")
     if cfg.task.get("n_pairs") is not None and cfg.task.n_pairs < 1:
         raise UserError(f"task.n_pairs must be > 0 (got {cfg.task.n_pairs}): the dataset would be empty")
+    check_judge(cfg)
+
+
+def check_judge(cfg: DictConfig) -> None:
+    """Judge/task compatibility, checked before any stage is built (not after training and generation)."""
+    judge = cfg.get("judge")
+    if judge is not None and judge.get("name") == "gold" and cfg.task.get("source", "builtin") != "builtin":
+        raise UserError(f"judge=gold needs a built-in task; task {cfg.task.name} has no gold reward "
+                        f"(use judge=bt or judge=reward_model)")
 
 
 def method_from_config(method_cfg: DictConfig) -> Method:
