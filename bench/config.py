@@ -28,7 +28,7 @@ def check_judge(cfg: DictConfig) -> None:
     judge = cfg.get("judge")
     if judge is not None and judge.get("name") == "gold" and cfg.task.get("source", "builtin") != "builtin":
         raise UserError(f"judge=gold needs a built-in task; task {cfg.task.name} has no gold reward "
-                        f"(use judge=bt or judge=reward_model)")
+                        f"(use judge=reward_model or judge=bt)")
 
 
 def method_from_config(method_cfg: DictConfig) -> Method:
