@@ -93,9 +93,8 @@ def read_file(path: Path) -> tuple[list, str, Counter]:
         raise UserError(f"task.path={str(path)!r}: unsupported file type; use .jsonl, .jsonl.gz, .json, .parquet or .csv")
     from datasets import load_dataset
 
-    extra = {"encoding": "utf-8-sig"} if suffixes == ".csv" else {}  # a byte-order mark is not part of a column name
     try:
-        ds = load_dataset(builders[suffixes], data_files=str(path), split="train", **extra)
+        ds = load_dataset(builders[suffixes], data_files=str(path), split="train")
     except Exception as exc:  # the builders raise many types; one line names the file
         raise UserError(f"{path}: cannot be read as {builders[suffixes]}: {str(exc).splitlines()[0]}") from exc
     return ds.to_list(), str(path), Counter()

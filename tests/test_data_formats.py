@@ -78,18 +78,18 @@ def test_implicit_text_prompt_kept_through_cleaning():
 
 
 def test_unpaired_conversations_with_integer_labels_are_read(tmp_path):
-    from bench.data import clean_split
+    from bench.data import clean_rows
 
     msgs = lambda i, a: [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": a}]  # noqa: E731
     rows = [{"messages": msgs(i, "good" if i % 2 else "bad"), "label": i % 2} for i in range(10)]
     rows += [{"messages": msgs(10, "x"), "label": 2}, {"messages": msgs(11, "y"), "label": "1"}]
     got, _, counts = load_rows(task(write_jsonl(tmp_path / "m.jsonl", rows)))
-    assert len(got) == 12 and not counts
-    clean = clean_split(got, OmegaConf.create({"eval_size": 0}), 0, "m.jsonl", counts)
-    assert clean.kind == "unpaired" and len(clean.train) == 10
-    assert sorted(r["label"] for r in clean.train) == [False] * 5 + [True] * 5
-    assert all(type(r["label"]) is bool for r in clean.train)
-    assert clean.counts["drop/wrong_type"] == 2  # other ints and strings stay wrong_type
+    assert len(got) == 12 and not counts and got[0]["completion"] == [{"role": "assistant", "content": "bad"}]
+    kind, kept = clean_rows(got, counts)
+    assert kind == "unpaired" and len(kept) == 10
+    assert sorted(r["label"] for r in kept) == [False] * 5 + [True] * 5
+    assert all(type(r["label"]) is bool for r in kept)
+    assert counts == Counter({"drop/wrong_type": 2})  # other ints and strings stay wrong_type
     share = [{"conversations": [{"from": "human", "value": f"q{i}"}, {"from": "gpt", "value": "a"}], "label": True}
              for i in range(3)]
     got, _, counts = load_rows(task(write_jsonl(tmp_path / "s.jsonl", share), format="sharegpt"))

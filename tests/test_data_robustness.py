@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from bench import sources
+from bench import CONF_DIR
 from bench.errors import UserError
 from bench.sources import corpus_rows, load_rows
 from bench.tokenizer import train_bpe
@@ -139,7 +139,7 @@ def test_gold_judge_on_a_dataset_is_refused_before_any_stage(tmp_path):
 def test_hh_rlhf_local_default_path_is_relative_to_the_project_root(tmp_path, monkeypatch):
     from bench.cli import compose_config
 
-    hh = Path(sources.CONF_DIR).parent.parent / "shared" / "data" / "hh-rlhf-harmless-base" / "test.jsonl.gz"
+    hh = CONF_DIR.parent.parent / "shared" / "data" / "hh-rlhf-harmless-base" / "test.jsonl.gz"
     if not hh.exists():
         pytest.skip(f"the HH-RLHF sample is not at {hh}")
     monkeypatch.delenv("PREFBENCH_HH_PATH", raising=False)
@@ -162,3 +162,4 @@ def test_a_missing_gzip_stream_names_the_file(tmp_path):
     path.write_bytes(b"\x1f\x8b\x08\x00garbage")
     with pytest.raises(UserError, match=r"rows.jsonl.gz: cannot be read"):
         load_rows(OmegaConf.create({"source": "file", "path": str(path), "format": "trl"}))
+
