@@ -13,6 +13,7 @@ whenever it would need truncating.
 """
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -183,6 +184,23 @@ def clean_split(rows: list[dict], cfg, seed: int, source: str, counts: Counter |
         random.Random(seed).shuffle(rows)
     n_eval = min(int(cfg.eval_size), len(rows) // 5)
     return CleanData(kind, rows[n_eval:], rows[:n_eval], counts)
+
+
+_LAST_CLEAN: dict = {}
+
+
+def load_clean(task_cfg, seed: int) -> tuple[CleanData, str]:
+    """A task's rows read (``bench.sources.load_rows``), cleaned and split, and their name. The last result
+    is kept, keyed by the task's settings, the seed and the file's size and time, so the check before a
+    job starts (``bench.config.validate``) and the job itself read a file once."""
+    from bench.sources import file_stamp, load_rows, task_spec
+
+    key = json.dumps([task_spec(task_cfg), seed, file_stamp(task_cfg)], sort_keys=True, default=str)
+    if key not in _LAST_CLEAN:
+        _LAST_CLEAN.clear()
+        rows, source, counts = load_rows(task_cfg)
+        _LAST_CLEAN[key] = (clean_split(rows, task_cfg, seed, source, counts), source)
+    return _LAST_CLEAN[key]
 
 
 def render(clean: CleanData, tokenizer, cfg, source: str) -> TokenizedData:

@@ -13,10 +13,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from bench.data import Renderer, TokenizedData, clean_split, render
+from bench.data import Renderer, TokenizedData, load_clean, render
 from bench.logprobs import sequence_logps
 from bench.models import attach_lora, from_scratch, load_pretrained
-from bench.sources import corpus_limits, corpus_rows, load_rows, task_spec
+from bench.sources import corpus_limits, corpus_rows, task_spec
 from bench.stages import build_stage, stage_key
 from bench.tokenizer import train_bpe
 from bench.trainer import TrainSpec, train
@@ -81,9 +81,7 @@ def save_model(model, tokenizer, path: Path) -> None:
 def prepare(cfg: DictConfig) -> Group:
     """Rows are read, cleaned and split first, so a dataset without valid rows stops before any stage
     is built, and the tokenizer and base stages see cleaned training rows only."""
-    rows, source, source_counts = load_rows(cfg.task)
-    clean = clean_split(rows, cfg.task, int(cfg.seed), source, source_counts)
-    del rows
+    clean, source = load_clean(cfg.task, int(cfg.seed))
     if cfg.model.source == "pretrained":
         model, tokenizer = load_pretrained(cfg.model.path, cfg.model)
         del model

@@ -62,6 +62,14 @@ def resolve_path(task_cfg: DictConfig) -> Path:
     return path
 
 
+def file_stamp(task_cfg: DictConfig) -> list | None:
+    """The data file's size and modification time (None for other sources, or a missing file)."""
+    if task_cfg.get("source", "builtin") != "file":
+        return None
+    path = resolve_path(task_cfg)
+    return [str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns] if path.exists() else None
+
+
 def column_map(columns) -> dict[str, str]:
     columns = OmegaConf.to_container(columns) if isinstance(columns, DictConfig) else (columns or {})
     if not isinstance(columns, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in columns.items()):

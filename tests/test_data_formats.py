@@ -158,3 +158,13 @@ def test_unpaired_file_trains_and_is_judged_end_to_end(tmp_path):
     assert s["status"] == "done", s["error"]
     assert s["data/rows_kept"] == 48 and s["eval/judge"] == "bt" and s["eval/score_mean"] is not None
     assert s["eval/win_rate_vs_sft"] is not None
+
+
+def test_a_paired_method_on_unpaired_data_is_refused_before_any_stage(tmp_path):
+    rows = [{"prompt": f"q{i}", "completion": "an answer.", "label": bool(i % 2)} for i in range(20)]
+    path = write_jsonl(tmp_path / "u.jsonl", rows)
+    proc = prefbench("run", "task=file", f"task.path={path}", "method=dpo", f"results_dir={tmp_path}",
+                     f"cache_dir={tmp_path / 'cache'}", *FILE_SMOKE, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stdout + proc.stderr
+    assert f"method=dpo needs paired rows (prompt/chosen/rejected); {path} is unpaired" in proc.stderr, proc.stderr
+    assert not (tmp_path / "cache" / "stages").exists()

@@ -107,6 +107,8 @@ BAD_FILES = {
     "plain.jsonl.gz": (lambda p: p.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n'),
                        "cannot be read: BadGzipFile"),
     "missing.jsonl": (lambda p: None, "no such file"),
+    "all_bad.jsonl": (lambda p: p.write_text('{"prompt": "a", "chosen": "b", "rejected": "b"}\n' * 3 + "{oops\n"),
+                      "no valid rows (chosen_equals_rejected: 3, unparseable_line: 1)"),
 }
 
 
