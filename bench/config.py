@@ -4,7 +4,7 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 
 from bench.errors import UserError
-from methods import Method, build_method
+from methods import Method, build_method, registry
 
 POSITIVE = ["trainer.steps", "trainer.batch_size", "trainer.grad_accum", "trainer.lr",
             "stages.base.steps", "stages.sft.steps", "eval.samples_per_prompt", "task.max_length"]
@@ -20,6 +20,29 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(f"init={cfg.init!r} is not allowed; allowed: auto, base, sft")
     if cfg.task.get("n_pairs") is not None and cfg.task.n_pairs < 1:
         raise UserError(f"task.n_pairs must be > 0 (got {cfg.task.n_pairs}): the dataset would be empty")
+    check_judge(cfg)
+    if cfg.task.get("source", "builtin") != "builtin":  # an unreadable file or one without valid rows stops here
+        check_data(cfg)
+
+
+def check_data(cfg: DictConfig) -> None:
+    """The dataset is read and cleaned before any stage is built (the job reuses the result), and a
+    method that needs pairs is refused unpaired data."""
+    from bench.data import load_clean
+
+    clean, source = load_clean(cfg.task, int(cfg.seed))
+    if clean.kind == "unpaired" and method_from_config(cfg.method).view == "paired":
+        usable = sorted(name for name, cls in registry().items() if cls.view != "paired")
+        raise UserError(f"method={cfg.method.name} needs paired rows (prompt/chosen/rejected); {source} is unpaired "
+                        f"(prompt/completion/label); methods for unpaired data: {', '.join(usable)}")
+
+
+def check_judge(cfg: DictConfig) -> None:
+    """Judge/task compatibility, checked before any stage is built (not after training and generation)."""
+    judge = cfg.get("judge")
+    if judge is not None and judge.get("name") == "gold" and cfg.task.get("source", "builtin") != "builtin":
+        raise UserError(f"judge=gold needs a built-in task; task {cfg.task.name} has no gold reward "
+                        f"(use judge=reward_model or judge=bt)")
 
 
 def method_from_config(method_cfg: DictConfig) -> Method:

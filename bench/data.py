@@ -1,5 +1,8 @@
 """One data pipeline: rows -> cleaned pairs (counted drops) -> seeded split -> tokenized views.
 
+Cleaning and the split come first (``clean_split``), before anything else sees the rows: the
+tokenizer, the base-stage corpus (train rows only), the views and the judges all read cleaned rows.
+
 Rows arrive in TRL's standard formats, plain text or conversational:
   paired:   {prompt, chosen, rejected}     (strings, or lists of {role, content} messages)
   unpaired: {prompt, completion, label}    (label true = desirable)
@@ -10,6 +13,7 @@ whenever it would need truncating.
 """
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -19,6 +23,16 @@ from datasets import Dataset
 from bench.errors import UserError
 
 Messages = list[dict]
+
+
+@dataclass
+class CleanData:
+    """Cleaned rows (messages), split by seed into train and eval, and the counts so far."""
+
+    kind: str  # "paired" or "unpaired"
+    train: list[dict]
+    eval: list[dict]
+    counts: Counter = field(default_factory=Counter)
 
 
 @dataclass
@@ -41,9 +55,28 @@ def as_messages(value, role: str) -> Messages | None:
     return None
 
 
-def clean_rows(rows: list[dict], counts: Counter) -> tuple[str, list[dict]]:
-    """Normalise rows to messages and drop bad ones, counting each reason. Returns (kind, rows)."""
-    kind = "unpaired" if rows and "completion" in rows[0] and "chosen" not in rows[0] else "paired"
+def _label(value):
+    """A boolean label; integer 0/1 count as booleans, anything else is None (wrong type)."""
+    if isinstance(value, bool):
+        return value
+    return bool(value) if type(value) is int and value in (0, 1) else None
+
+
+def _valid_unicode(messages: Messages) -> bool:
+    """False for text that cannot be encoded, e.g. a lone surrogate from JSON's "\\ud800"."""
+    try:
+        for text in (s for m in messages for s in (m["role"], m["content"])):
+            text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def clean_rows(rows: list[dict], counts: Counter, max_chars: int | None = None) -> tuple[str, list[dict]]:
+    """Normalise rows to messages and drop bad ones, counting each reason once. Returns (kind, rows).
+    ``max_chars`` bounds a row's characters (prompt and completions), so no row can stall tokenizing."""
+    kind = "unpaired" if rows and isinstance(rows[0], dict) and "completion" in rows[0] \
+        and "chosen" not in rows[0] else "paired"
     fields = ("completion",) if kind == "unpaired" else ("chosen", "rejected")
     out, seen = [], set()
     for row in rows:
@@ -58,10 +91,15 @@ def clean_rows(rows: list[dict], counts: Counter) -> tuple[str, list[dict]]:
             continue
         prompt = as_messages(row["prompt"], "user")
         answers = [as_messages(row[f], "assistant") for f in fields]
-        if prompt is None or any(a is None for a in answers) or (
-            kind == "unpaired" and not isinstance(row["label"], bool)
-        ):
+        label = _label(row["label"]) if kind == "unpaired" else None
+        if prompt is None or any(a is None for a in answers) or (kind == "unpaired" and label is None):
             counts["drop/wrong_type"] += 1
+            continue
+        if not all(_valid_unicode(m) for m in (prompt, *answers)):
+            counts["drop/invalid_unicode"] += 1
+            continue
+        if max_chars and sum(len(m["content"]) for a in (prompt, *answers) for m in a) > max_chars:
+            counts["drop/over_max_chars"] += 1
             continue
         if any(not "".join(m["content"] for m in a).strip() for a in answers):
             counts["drop/empty_completion"] += 1
@@ -72,14 +110,14 @@ def clean_rows(rows: list[dict], counts: Counter) -> tuple[str, list[dict]]:
         if kind == "paired" and answers[0] == answers[1]:
             counts["drop/chosen_equals_rejected"] += 1
             continue
-        key = repr((prompt, answers, row.get("label")))
+        key = repr((prompt, answers, label))
         if key in seen:
             counts["drop/duplicate"] += 1
             continue
         seen.add(key)
         clean = {"prompt": prompt, **dict(zip(fields, answers))}
         if kind == "unpaired":
-            clean["label"] = row["label"]
+            clean["label"] = label
         out.append(clean)
     return kind, out
 
@@ -131,13 +169,13 @@ class Renderer:
         return out
 
 
-def tokenize(rows: list[dict], tokenizer, cfg, seed: int, source: str, counts: Counter | None = None,
-             shuffle: bool = True) -> TokenizedData:
-    """Clean, split by seed and tokenize ``rows``; ``source`` names them in errors; ``counts`` carries
-    the drops of earlier steps (unparseable lines, unmappable rows)."""
+def clean_split(rows: list[dict], cfg, seed: int, source: str, counts: Counter | None = None,
+                shuffle: bool = True) -> CleanData:
+    """Clean ``rows`` and split them by seed; ``source`` names them in errors; ``counts`` carries the
+    drops of earlier steps (unreadable lines, unmappable rows). Raises when no valid row is left."""
     counts = Counter(counts or {})
     counts["rows_in"] = len(rows) + sum(v for k, v in counts.items() if k.startswith("drop/"))
-    kind, rows = clean_rows(rows, counts)
+    kind, rows = clean_rows(rows, counts, cfg.get("max_chars"))
     if not rows:
         reasons = ", ".join(f"{k.split('/')[1]}: {v}" for k, v in counts.most_common() if k.startswith("drop/"))
         raise UserError(f"{source}: no valid rows ({reasons or 'the dataset is empty'})")
@@ -145,23 +183,56 @@ def tokenize(rows: list[dict], tokenizer, cfg, seed: int, source: str, counts: C
     if shuffle:
         random.Random(seed).shuffle(rows)
     n_eval = min(int(cfg.eval_size), len(rows) // 5)
+    return CleanData(kind, rows[n_eval:], rows[:n_eval], counts)
+
+
+_LAST_CLEAN: dict = {}
+
+
+def load_clean(task_cfg, seed: int) -> tuple[CleanData, str]:
+    """A task's rows read (``bench.sources.load_rows``), cleaned and split, and their name. The last result
+    is kept, keyed by the task's settings, the seed and the file's size and time, so the check before a
+    job starts (``bench.config.validate``) and the job itself read a file once."""
+    from bench.sources import file_stamp, load_rows, task_spec
+
+    key = json.dumps([task_spec(task_cfg), seed, file_stamp(task_cfg)], sort_keys=True, default=str)
+    if key not in _LAST_CLEAN:
+        _LAST_CLEAN.clear()
+        rows, source, counts = load_rows(task_cfg)
+        _LAST_CLEAN[key] = (clean_split(rows, task_cfg, seed, source, counts), source)
+    return _LAST_CLEAN[key]
+
+
+def render(clean: CleanData, tokenizer, cfg, source: str) -> TokenizedData:
+    """Tokenize both splits of ``clean`` (eval rows first in ``idx`` order); truncations and rows
+    too long to keep any completion token are counted."""
+    counts = Counter(clean.counts)
     renderer = Renderer(tokenizer, int(cfg.max_length), int(cfg.max_prompt_length), bool(cfg.get("drop_overlong")))
-    fields = ("completion",) if kind == "unpaired" else ("chosen", "rejected")
-    rendered = []
-    for row in rows:
-        r = renderer.render(row, fields, counts)
-        if r is not None:  # raw texts travel along for judging and reports
-            r["prompt"] = row["prompt"]
-            r.update({f"{f}_text": "".join(m["content"] for m in row[f]) for f in fields})
-            rendered.append(r)
-    for i, r in enumerate(rendered):
+    fields = ("completion",) if clean.kind == "unpaired" else ("chosen", "rejected")
+    splits = []
+    for rows in (clean.eval, clean.train):
+        rendered = []
+        for row in rows:
+            r = renderer.render(row, fields, counts)
+            if r is not None:  # raw texts travel along for judging and reports
+                r["prompt"] = row["prompt"]
+                r.update({f"{f}_text": "".join(m["content"] for m in row[f]) for f in fields})
+                rendered.append(r)
+        splits.append(rendered)
+    evals, train = splits
+    for i, r in enumerate(evals + train):
         r["idx"] = i
-    if len(rendered) - n_eval < 1:
+    if not train:
         raise UserError(f"{source}: no training rows left after cleaning and the eval split")
-    counts["rows_kept"] = len(rendered)
-    train = Dataset.from_list(rendered[n_eval:])
-    evals = Dataset.from_list(rendered[:n_eval]) if n_eval else train.select([])
-    return TokenizedData(kind, train, evals, counts)
+    counts["rows_kept"] = len(evals) + len(train)
+    train_ds = Dataset.from_list(train)
+    return TokenizedData(clean.kind, train_ds, Dataset.from_list(evals) if evals else train_ds.select([]), counts)
+
+
+def tokenize(rows: list[dict], tokenizer, cfg, seed: int, source: str, counts: Counter | None = None,
+             shuffle: bool = True) -> TokenizedData:
+    """Clean, split by seed and tokenize ``rows`` in one call (``clean_split`` then ``render``)."""
+    return render(clean_split(rows, cfg, seed, source, counts, shuffle), tokenizer, cfg, source)
 
 
 def derangement(n: int, seed: int) -> list[int]:

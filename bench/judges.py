@@ -2,7 +2,8 @@
 
 gold          the built-in task's programmatic reward
 reward_model  an AutoModelForSequenceClassification (hub id or local path), batched
-bt            a reward model trained in the suite with the Bradley-Terry loss, as a cached stage
+bt            a reward model trained in the suite, as a cached stage: with the Bradley-Terry loss on paired
+              data, with binary cross-entropy on the labels of unpaired data
 llm           an OpenAI-compatible chat API (off by default; the key is read from the environment)
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from bench.config import check_judge
 from bench.errors import UserError
 from bench.hub import friendly_hub_errors
 from bench.stages import build_stage
@@ -111,6 +113,28 @@ def train_bradley_terry(judge: RewardModelJudge, pairs: list[dict], steps: int, 
     return {"bt_loss_last": sum(losses[-10:]) / len(losses[-10:])}
 
 
+def train_binary(judge: RewardModelJudge, rows: list[dict], steps: int, batch_size: int, lr: float,
+                 seed: int) -> dict:
+    """Fit a reward model on unpaired (prompt, completion, label) rows with binary cross-entropy,
+    L = -[y log sigma(r) + (1 - y) log(1 - sigma(r))]: r(x, y) is the logit of P(desirable)."""
+    torch.manual_seed(seed)
+    judge.model.train()
+    opt = torch.optim.AdamW(judge.model.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in range(steps):
+        batch = [rows[i] for i in torch.randint(len(rows), (batch_size,), generator=g).tolist()]
+        r = judge.rewards(judge.texts([b["prompt"] for b in batch], [b["completion"] for b in batch]), grad=True)
+        labels = torch.tensor([float(b["label"]) for b in batch], device=r.device)
+        loss = F.binary_cross_entropy_with_logits(r, labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    judge.model.eval()
+    return {"bce_loss_last": sum(losses[-10:]) / len(losses[-10:])}
+
+
 class LLMJudge:
     """Scores 1-10 from an OpenAI-compatible /chat/completions endpoint, with bounded retries.
 
@@ -154,9 +178,7 @@ def make_judge(cfg: DictConfig, group):
     """The judge named by ``cfg.judge`` for this group; the bt judge is trained (once) on its train split."""
     name = cfg.judge.name
     if name == "gold":
-        if cfg.task.get("source", "builtin") != "builtin":
-            raise UserError(f"judge=gold needs a built-in task; task {cfg.task.name} has no gold reward "
-                            f"(use judge=reward_model or judge=bt)")
+        check_judge(cfg)
         return GoldJudge(cfg.task.builtin)
     if name == "reward_model":
         return RewardModelJudge(cfg.judge.path, int(cfg.judge.batch_size), bool(cfg.judge.get("trust_remote_code")))
@@ -173,11 +195,15 @@ def bt_stage(cfg: DictConfig, group) -> Path:
 
     def build(tmp: Path) -> dict:
         judge = RewardModelJudge(group.base, int(cfg.judge.batch_size), new_head=True)
-        train = group.data.train
-        pairs = [{"prompt": p, "chosen": c, "rejected": r}
-                 for p, c, r in zip(train["prompt"], train["chosen_text"], train["rejected_text"])]
-        stats = train_bradley_terry(judge, pairs, int(cfg.judge.train.steps), int(cfg.judge.train.batch_size),
-                                    float(cfg.judge.train.lr), int(cfg.seed))
+        train, hp = group.data.train, cfg.judge.train
+        if group.data.kind == "unpaired":
+            rows = [{"prompt": p, "completion": c, "label": y}
+                    for p, c, y in zip(train["prompt"], train["completion_text"], train["label"])]
+            stats = train_binary(judge, rows, int(hp.steps), int(hp.batch_size), float(hp.lr), int(cfg.seed))
+        else:
+            pairs = [{"prompt": p, "chosen": c, "rejected": r}
+                     for p, c, r in zip(train["prompt"], train["chosen_text"], train["rejected_text"])]
+            stats = train_bradley_terry(judge, pairs, int(hp.steps), int(hp.batch_size), float(hp.lr), int(cfg.seed))
         judge.model.save_pretrained(tmp, safe_serialization=True)
         judge.tok.save_pretrained(tmp)
         return stats

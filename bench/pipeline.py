@@ -13,10 +13,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from bench.data import Renderer, TokenizedData, tokenize
+from bench.data import Renderer, TokenizedData, load_clean, render
 from bench.logprobs import sequence_logps
 from bench.models import attach_lora, from_scratch, load_pretrained
-from bench.sources import corpus_rows, load_rows, task_spec
+from bench.sources import corpus_limits, corpus_rows, task_spec
 from bench.stages import build_stage, stage_key
 from bench.tokenizer import train_bpe
 from bench.trainer import TrainSpec, train
@@ -79,20 +79,23 @@ def save_model(model, tokenizer, path: Path) -> None:
 
 
 def prepare(cfg: DictConfig) -> Group:
-    rows, source, source_counts = load_rows(cfg.task)
+    """Rows are read, cleaned and split first, so a dataset without valid rows stops before any stage
+    is built, and the tokenizer and base stages see cleaned training rows only."""
+    clean, source = load_clean(cfg.task, int(cfg.seed))
     if cfg.model.source == "pretrained":
         model, tokenizer = load_pretrained(cfg.model.path, cfg.model)
         del model
         base = str(cfg.model.path)
     else:
-        tokenizer, base = _scratch_stages(cfg, rows)
-    data = tokenize(rows, tokenizer, cfg.task, int(cfg.seed), source, source_counts)
-    return Group(cfg, tokenizer, data, base)
+        tokenizer, base = _scratch_stages(cfg, clean.train)
+    return Group(cfg, tokenizer, render(clean, tokenizer, cfg.task, source), base)
 
 
-def _scratch_stages(cfg: DictConfig, rows: list[dict]):
-    corpus = corpus_rows(cfg.task, rows)
+def _scratch_stages(cfg: DictConfig, train_rows: list[dict]):
     tok_spec = {"task": task_spec(cfg.task), "vocab_size": int(cfg.task.vocab_size)}
+    if cfg.task.get("source", "builtin") != "builtin":  # the corpus is the train split, which the seed draws
+        tok_spec["corpus"] = {"rows": "train split", "split_seed": int(cfg.seed), "limits": corpus_limits(cfg.task)}
+    corpus = corpus_rows(cfg.task, train_rows)
 
     def build_tokenizer(tmp: Path) -> dict:
         texts = [_text(r["prompt"]) + " " + _text(r["completion"]) for r in corpus]
