@@ -165,6 +165,6 @@ def test_a_paired_method_on_unpaired_data_is_refused_before_any_stage(tmp_path):
     path = write_jsonl(tmp_path / "u.jsonl", rows)
     proc = prefbench("run", "task=file", f"task.path={path}", "method=dpo", f"results_dir={tmp_path}",
                      f"cache_dir={tmp_path / 'cache'}", *FILE_SMOKE, check=False)
-    assert proc.returncode != 0 and "Traceback" not in proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stdout + proc.stderr
     assert f"method=dpo needs paired rows (prompt/chosen/rejected); {path} is unpaired" in proc.stderr, proc.stderr
     assert not (tmp_path / "cache" / "stages").exists()

@@ -119,7 +119,7 @@ def test_unreadable_file_is_one_line_before_any_stage(tmp_path, name):
     make(path)
     proc = prefbench("run", "task=file", f"task.path={path}", f"results_dir={tmp_path}",
                      f"cache_dir={tmp_path / 'cache'}", *FILE_SMOKE, check=False)
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     assert "Traceback" not in proc.stdout + proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("prefbench: error:")]
     assert errors and str(path) in errors[-1] and reason in errors[-1], proc.stderr
@@ -133,7 +133,7 @@ def test_gold_judge_on_a_dataset_is_refused_before_any_stage(tmp_path):
     proc = prefbench("run", "task=file", f"task.path={path}", f"results_dir={tmp_path}",
                      f"cache_dir={tmp_path / 'cache'}", *[a for a in FILE_SMOKE if not a.startswith("judge")],
                      "judge=gold", check=False)
-    assert proc.returncode != 0 and "judge=gold needs a built-in task" in proc.stderr, proc.stderr
+    assert proc.returncode == 2 and "judge=gold needs a built-in task" in proc.stderr, proc.stderr
     assert not (tmp_path / "cache" / "stages").exists()
     assert time.perf_counter() - t0 < 60
 
