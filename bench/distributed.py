@@ -85,8 +85,9 @@ def is_distributed() -> bool:
 
 class _AllGather(torch.autograd.Function):
     """All-gather of equal-shaped tensors into a (world, ...) stack. Backward: every process's loss
-    depends on this process's rows, so their gradients are summed (as torch.distributed.nn's all_gather
-    does, without its alltoall, which gloo lacks in some builds)."""
+    depends on this process's rows, so their gradients are summed (the semantics of
+    torch.distributed.nn.functional.all_gather, deprecated in torch 2.x, with one all_reduce instead of
+    its alltoall)."""
 
     @staticmethod
     def forward(ctx, x):
