@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
@@ -18,8 +19,18 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 BIN = Path(sys.executable).parent
 
 
-def launch(*cmd, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([str(c) for c in cmd], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=ENV)
+def launch(*cmd, timeout=180) -> subprocess.CompletedProcess:
+    """Run a launcher; on timeout kill it with every process it started (a hung collective blocks them all)."""
+    proc = subprocess.Popen([str(c) for c in cmd], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=ENV, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:  # torchrun puts its workers in sessions of their own: kill each
+        for child in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
+            child.kill()
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def torchrun(*args) -> subprocess.CompletedProcess:
