@@ -194,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, args = (argv[0], argv[1:]) if argv and argv[0] in COMMANDS else ("sweep", argv)
     try:
+        from bench.distributed import refuse_multiprocess
+
+        refuse_multiprocess(command)  # the whole job runs as one process; bench.trainer.train is multi-process
         return COMMANDS[command](args)
     except UserError as exc:
         print(f"prefbench: error: {exc}", file=sys.stderr)

@@ -23,6 +23,7 @@ from transformers import get_scheduler
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from bench.checkpoint import load_checkpoint, save_checkpoint
+from bench.distributed import check_world, gather_batch
 from bench.faults import kill_point
 from bench.logprobs import sequence_logps
 from bench.packing import packed_attention
@@ -75,7 +76,11 @@ def make_accelerator(spec: TrainSpec) -> Accelerator:
     # accelerate keeps one process-wide state; a process that trains several stages, or that also ran
     # another library's trainer, must be able to set precision again. The distributed set-up is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(mixed_precision=precision, gradient_accumulation_steps=spec.grad_accum)
+    # cpu=True without CUDA: under torchrun accelerate then joins a gloo group instead of running alone
+    accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=spec.grad_accum,
+                              cpu=not torch.cuda.is_available())
+    check_world(accelerator.num_processes)
+    return accelerator
 
 
 def enable_checkpointing(model) -> None:
@@ -111,7 +116,8 @@ def forward(model, view: View, indices: list[int], pad_id: int, device) -> tuple
         with torch.no_grad():
             stats |= sequence_logps(model, probe.to(device))
         index |= probe.index
-    empty = SeqLogps(torch.zeros(0, device=device), torch.zeros(0, device=device))
+    some = next(iter(stats.values()))
+    empty = SeqLogps(some.sum.new_zeros(0), some.n_tokens.new_zeros(0))
     return BatchLogps(stats.get("chosen", empty), stats.get("rejected"), stats.get("mismatched")), index
 
 
@@ -134,7 +140,7 @@ def train(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, pad
         enable_checkpointing(model)
     model, optimizer = accelerator.prepare(model, optimizer)  # the schedule counts optimizer steps: not prepared
     device = accelerator.device
-    log = MetricsLog(out_dir / "metrics.jsonl", start_step)
+    log = MetricsLog(out_dir / "metrics.jsonl", start_step) if accelerator.is_main_process else None
     model.train()
     tokens, elapsed, last = progress.get("tokens", 0), progress.get("seconds", 0.0), progress.get("last", {})
     bar = tqdm(range(start_step, spec.steps), desc=desc, initial=start_step, total=spec.steps,
@@ -144,12 +150,16 @@ def train(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, pad
             t0 = time.perf_counter()
             step_metrics: list[dict] = []
             for micro in range(spec.grad_accum):
-                indices = batch_indices(len(view), spec.batch_size, spec.seed, step * spec.grad_accum + micro,
-                                        accelerator.process_index, accelerator.num_processes, spec.shuffle)
+                shards = [batch_indices(len(view), spec.batch_size, spec.seed, step * spec.grad_accum + micro,
+                                        rank, accelerator.num_processes, spec.shuffle)
+                          for rank in range(accelerator.num_processes)]  # shard r is rank r's part of the batch
+                indices = shards[accelerator.process_index]
                 with accelerator.accumulate(model):
                     with accelerator.autocast():
                         policy, index = forward(model, view, indices, pad_id, device)
                     ref = reference.lookup(index, device) if reference is not None else None
+                    # every process scores the global micro-batch (bench.distributed: exact for every loss)
+                    policy, ref = gather_batch(policy), gather_batch(ref)
                     out = method.loss(policy, ref if method.needs_reference else None)
                     if not torch.isfinite(out.loss):
                         raise NonFiniteLoss(f"non-finite loss ({float(out.loss)}) at step {step + 1}")
@@ -164,7 +174,7 @@ def train(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, pad
                     if accelerator.sync_gradients:
                         scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
-                tokens += view.n_tokens(indices)
+                tokens += view.n_tokens([i for shard in shards for i in shard])
                 m = uniform_metrics(policy, ref, spec.reward_beta, paired=view.name == "paired")
                 m |= {k: float(v) for k, v in out.metrics.items()}
                 m["loss"] = float(out.loss.detach())
