@@ -94,45 +94,41 @@ class RewardModelJudge:
 def train_bradley_terry(judge: RewardModelJudge, pairs: list[dict], steps: int, batch_size: int, lr: float,
                         seed: int) -> dict:
     """Fit a reward model with L = -log sigma(r(x, yw) - r(x, yl)) on (prompt, chosen, rejected) rows."""
-    torch.manual_seed(seed)
-    judge.model.train()
-    opt = torch.optim.AdamW(judge.model.parameters(), lr=lr)
-    g = torch.Generator().manual_seed(seed)
-    losses = []
-    for _ in range(steps):
-        rows = [pairs[i] for i in torch.randint(len(pairs), (batch_size,), generator=g).tolist()]
+    def loss(rows):
         prompts = [r["prompt"] for r in rows]
         r = judge.rewards(judge.texts(prompts * 2, [r["chosen"] for r in rows] + [r["rejected"] for r in rows]),
                           grad=True)
-        loss = -F.logsigmoid(r[:batch_size] - r[batch_size:]).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss))
-    judge.model.eval()
-    return {"bt_loss_last": sum(losses[-10:]) / len(losses[-10:])}
+        return -F.logsigmoid(r[:len(rows)] - r[len(rows):]).mean()
+
+    return {"bt_loss_last": _fit(judge, pairs, loss, steps, batch_size, lr, seed)}
 
 
 def train_binary(judge: RewardModelJudge, rows: list[dict], steps: int, batch_size: int, lr: float,
                  seed: int) -> dict:
     """Fit a reward model on unpaired (prompt, completion, label) rows with binary cross-entropy,
     L = -[y log sigma(r) + (1 - y) log(1 - sigma(r))]: r(x, y) is the logit of P(desirable)."""
+    def loss(batch):
+        r = judge.rewards(judge.texts([b["prompt"] for b in batch], [b["completion"] for b in batch]), grad=True)
+        return F.binary_cross_entropy_with_logits(r, torch.tensor([float(b["label"]) for b in batch], device=r.device))
+
+    return {"bce_loss_last": _fit(judge, rows, loss, steps, batch_size, lr, seed)}
+
+
+def _fit(judge: RewardModelJudge, rows: list[dict], loss_of, steps: int, batch_size: int, lr: float, seed: int) -> float:
+    """AdamW on ``loss_of(batch)`` over seeded random batches of ``rows``; the mean of the last 10 losses."""
     torch.manual_seed(seed)
     judge.model.train()
     opt = torch.optim.AdamW(judge.model.parameters(), lr=lr)
     g = torch.Generator().manual_seed(seed)
     losses = []
     for _ in range(steps):
-        batch = [rows[i] for i in torch.randint(len(rows), (batch_size,), generator=g).tolist()]
-        r = judge.rewards(judge.texts([b["prompt"] for b in batch], [b["completion"] for b in batch]), grad=True)
-        labels = torch.tensor([float(b["label"]) for b in batch], device=r.device)
-        loss = F.binary_cross_entropy_with_logits(r, labels)
+        loss = loss_of([rows[i] for i in torch.randint(len(rows), (batch_size,), generator=g).tolist()])
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     judge.model.eval()
-    return {"bce_loss_last": sum(losses[-10:]) / len(losses[-10:])}
+    return sum(losses[-10:]) / len(losses[-10:])
 
 
 class LLMJudge:
