@@ -5,6 +5,7 @@
   prefbench run [k=v ...]                one job: method=, model=, task=, seed=, any config key
   prefbench eval RUN_DIR [judge=NAME]    re-evaluate a finished run without retraining
   prefbench report SWEEP_DIR             table, plots and index.html of a sweep folder
+  prefbench tune SWEEP_DIR               the tuning protocol's choice from a `sweep=tune` folder
   prefbench methods                      the registered methods
   prefbench perf [k=v ...]               prefbench's trainer against TRL's, side by side
 """
@@ -25,11 +26,14 @@ _last_summary: dict = {}
 def _register_resolvers() -> None:
     from omegaconf import OmegaConf
 
+    from bench.config import tuned_value
     from bench.naming import hydra_run_name
 
     if not OmegaConf.has_resolver("run_name"):
         OmegaConf.register_new_resolver("run_name", hydra_run_name)
         OmegaConf.register_new_resolver("mul", lambda a, b: float(a) * float(b))
+        OmegaConf.register_new_resolver("div", lambda a, b: float(a) / float(b))
+        OmegaConf.register_new_resolver("tuned", tuned_value)
 
 
 def check_overrides(overrides: list[str]) -> None:
@@ -172,6 +176,19 @@ def cmd_report(args: list[str]) -> int:
     return 0
 
 
+def cmd_tune(args: list[str]) -> int:
+    if len(args) != 1:
+        raise UserError("usage: prefbench tune SWEEP_DIR   (a folder of `prefbench sweep sweep=tune`)")
+    from bench.tuning import write_tuning
+
+    chosen = write_tuning(Path(args[0]))
+    for row in chosen.itertuples(index=False):
+        print(f"{row.method} {row.model}: trainer.lr={row[2]:g} strength={row[3]:g} "
+              f"(validation score {row.val_score:.3f}, KL {row.kl:.2f})")
+    print(f"table: {Path(args[0]) / 'tuning.md'}")
+    return 0
+
+
 def cmd_perf(args: list[str]) -> int:
     from bench.perf import main as perf_main
 
@@ -179,7 +196,7 @@ def cmd_perf(args: list[str]) -> int:
 
 
 COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "methods": cmd_methods, "eval": cmd_eval,
-            "report": cmd_report, "perf": cmd_perf}
+            "report": cmd_report, "tune": cmd_tune, "perf": cmd_perf}
 
 
 def main(argv: list[str] | None = None) -> int:

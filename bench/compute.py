@@ -1,4 +1,9 @@
-"""Compute cost: each job's own peak memory.
+"""Compute cost: training totals that include a run's init stage, and each job's own peak memory.
+
+``training_cost`` accounts a run in deterministic units first (trained tokens, FLOPs = 6·N·tokens,
+optimizer steps) and in CPU seconds, never in wall seconds alone: wall time depends on what the other
+parallel job does. A method's totals include the SFT stage it starts from (DPO's cost is SFT + DPO); the
+base stage is shared by every method and left out.
 
 ``reset_peak_memory()`` at a job's start, ``peak_memory_mb()`` at its end:
   - CUDA: ``torch.cuda.max_memory_allocated`` after ``torch.cuda.reset_peak_memory_stats``.
@@ -42,3 +47,16 @@ def peak_memory_mb() -> float:
         return int(hwm.group(1)) / 2**10
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+def training_cost(n_params: int, run: dict, init_stage: dict | None) -> dict:
+    """Cost keys of one run from its trainer statistics ``run`` and those of its init stage (None when
+    it starts from the base model): this run's own training and the totals including the stage."""
+    stage = init_stage or {}
+    own = {"tokens": run["train_tokens"], "steps": run["optimizer_steps"], "cpu": run["train_cpu_seconds"]}
+    total = {k: v + stage.get(key, 0) for (k, v), key in
+             zip(own.items(), ("train_tokens", "optimizer_steps", "train_cpu_seconds"))}
+    return {"cost/train_tokens": own["tokens"], "cost/train_flops": 6 * n_params * own["tokens"],
+            "cost/optimizer_steps": own["steps"], "cost/train_cpu_seconds": own["cpu"],
+            "cost/total_train_tokens": total["tokens"], "cost/total_train_flops": 6 * n_params * total["tokens"],
+            "cost/total_optimizer_steps": total["steps"], "cost/total_train_cpu_seconds": total["cpu"]}

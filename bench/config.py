@@ -18,11 +18,20 @@ def validate(cfg: DictConfig) -> None:
             raise UserError(f"{key} must be > 0 (got {value})")
     if cfg.init not in ("auto", "base", "sft"):
         raise UserError(f"init={cfg.init!r} is not allowed; allowed: auto, base, sft")
+    check_budget(cfg)
     if cfg.task.get("n_pairs") is not None and cfg.task.n_pairs < 1:
         raise UserError(f"task.n_pairs must be > 0 (got {cfg.task.n_pairs}): the dataset would be empty")
     check_judge(cfg)
     if cfg.task.get("source", "builtin") != "builtin":  # an unreadable file or one without valid rows stops here
         check_data(cfg)
+
+
+def check_budget(cfg: DictConfig) -> None:
+    if cfg.budget not in ("matched", "per_stage"):
+        raise UserError(f"budget={cfg.budget!r} is not allowed; allowed: matched, per_stage")
+    if cfg.budget == "matched" and bool(cfg.trainer.get("epochs")) != bool(cfg.stages.sft.get("epochs")):
+        raise UserError("budget=matched adds the SFT stage's length to runs from the base model, so trainer and "
+                        "stages.sft must both count steps or both count epochs (or set budget=per_stage)")
 
 
 def check_data(cfg: DictConfig) -> None:
@@ -45,8 +54,20 @@ def check_judge(cfg: DictConfig) -> None:
                         f"(use judge=reward_model or judge=bt)")
 
 
+def tuned_value(key: str, fallback=None, *, _root_: DictConfig):
+    """``${tuned:KEY,FALLBACK}``: the job's method's tuned value of KEY for the job's model, from the
+    method yaml's ``tuned`` table (model name -> values chosen by ``sweep=tune``, bench/tuning.py); else FALLBACK."""
+    table = OmegaConf.select(_root_, "method.tuned", default=None) or {}
+    row = table.get(OmegaConf.select(_root_, "model.name", default=None)) or {}
+    value = row.get(key, fallback)
+    if value is None:
+        raise UserError(f"method {_root_.method.name} has no tuned {key} for model {_root_.model.name} and no default")
+    return value
+
+
 def method_from_config(method_cfg: DictConfig) -> Method:
     params = OmegaConf.to_container(method_cfg, resolve=True)
+    params.pop("tuned", None)  # the tuned table feeds the values above it; it is not a hyper-parameter
     name = params.pop("name")
     try:
         return build_method(name, **params)

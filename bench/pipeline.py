@@ -1,11 +1,13 @@
 """conf -> data -> model: what a job needs before training, shared by the (task, model, seed) group.
 
-The tokenizer, the base model and the SFT policy are cached stages, so a sweep builds each once.
+The tokenizer, the base model and the SFT policy are cached stages, so a sweep builds each once. The
+base model is shared by every seed (``stages.base.seed``); the data split, the SFT stage, the run's
+training and its sampling are drawn per seed.
 """
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -27,6 +29,18 @@ from methods import build_method
 def train_spec(cfg: DictConfig, **overrides) -> TrainSpec:
     base = OmegaConf.to_container(cfg.trainer, resolve=True)
     return TrainSpec(**(base | {"seed": int(cfg.seed)} | overrides))
+
+
+def run_spec(cfg: DictConfig, init: str) -> TrainSpec:
+    """A run's training. With ``budget=matched`` a run that starts from the base model (SFT, ORPO) also
+    trains for the SFT stage's length, so every method gets the same optimizer steps from base as
+    DPO/IPO/KTO get from the SFT stage plus their own training; ``budget=per_stage`` leaves it alone."""
+    spec, stage = train_spec(cfg), cfg.stages.sft
+    if init != "base" or cfg.budget != "matched":
+        return spec
+    if spec.epochs and stage.epochs:
+        return replace(spec, epochs=spec.epochs + stage.epochs)
+    return replace(spec, steps=spec.steps + stage.steps)
 
 
 @dataclass
@@ -104,11 +118,13 @@ def _scratch_stages(cfg: DictConfig, train_rows: list[dict]):
 
     tok_dir = build_stage(cfg.cache_dir, "tokenizer", tok_spec, build_tokenizer)
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    train_cfg = OmegaConf.to_container(cfg.stages.base, resolve=True)
+    train_cfg["seed"] = int(train_cfg.get("seed", cfg.seed))  # conf/stages: one base model for every seed
     base_spec = {"tokenizer": stage_key("tokenizer", tok_spec), "arch": OmegaConf.to_container(cfg.model.arch),
-                 "seed": int(cfg.seed), "train": OmegaConf.to_container(cfg.stages.base, resolve=True)}
+                 "train": train_cfg}
 
     def build_base(tmp: Path) -> dict:
-        model = from_scratch(cfg.model, tokenizer, int(cfg.seed))
+        model = from_scratch(cfg.model, tokenizer, train_cfg["seed"])
         view = corpus_view(corpus, tokenizer, cfg.task)
         stats = train(model, build_method("sft"), view, train_spec(cfg, **base_spec["train"], checkpoint_every=0),
                       tmp, tokenizer.pad_token_id, desc=f"base stage {cfg.model.name}")

@@ -19,12 +19,12 @@ from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
 from bench import refcache
-from bench.compute import peak_memory_mb, reset_peak_memory
+from bench.compute import peak_memory_mb, reset_peak_memory, training_cost
 from bench.config import method_from_config, validate
 from bench.errors import UserError
 from bench.evaluate import evaluate
 from bench.faults import kill_point
-from bench.pipeline import Group, load_model, logprob_probe, prepare, train_spec
+from bench.pipeline import Group, load_model, logprob_probe, prepare, run_spec
 from bench.results import read_json, write_atomic, write_json
 from bench.models import attach_lora
 from bench.naming import check_sweep_name, settings
@@ -141,19 +141,21 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict:
         next(p for p in model.parameters() if p.requires_grad).register_hook(lambda g: torch.full_like(g, float("nan")))
     probe_view = build_view("paired", group.data.kind, group.data.eval, int(cfg.seed)) \
         if group.data.kind == "paired" else None
-    stats = train(model, method, view, train_spec(cfg), run_dir, group.pad_id, reference,
+    stats = train(model, method, view, run_spec(cfg, init), run_dir, group.pad_id, reference,
                   logprob_probe(probe_view, group.pad_id) if probe_view else None, desc=run_dir.name)
+    n_params = sum(p.numel() for p in model.parameters())
     summary = {
-        "init": init, "n_params": sum(p.numel() for p in model.parameters()),
+        "init": init, "n_params": n_params,
         "reference_cache_hit": ref_hit, "resumed_from_step": stats["resumed_from_step"],
         **{f"data/{k}": v for k, v in counts.items()},
         **{f"train/{k}": v for k, v in stats["final"].items()},
-        "cost/train_seconds": stats["train_seconds"], "cost/train_tokens": stats["train_tokens"],
-        "cost/train_tokens_per_s": stats["tokens_per_s"],
-        "cost/train_flops": 6 * sum(p.numel() for p in model.parameters()) * stats["train_tokens"],
+        "cost/train_seconds": stats["train_seconds"], "cost/train_tokens_per_s": stats["tokens_per_s"],
+        **training_cost(n_params, stats, stage_info(group.sft).get("train") if init == "sft" else None),
         "cost/base_stage_seconds": stage_info(group.base).get("seconds"),
         "cost/sft_stage_seconds": stage_info(group.sft).get("seconds") if init == "sft" else None,
     }
+    c0 = time.process_time()
     summary |= evaluate(cfg, group, model, run_dir)
+    summary["cost/eval_cpu_seconds"] = time.process_time() - c0
     summary |= {"cost/peak_memory_mb": peak_memory_mb(), "cost/peak_memory_how": memory_how}
     return summary

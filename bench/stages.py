@@ -31,10 +31,11 @@ def build_stage(cache_dir: str | Path, kind: str, spec: dict, build: Callable[[P
         tmp = path.with_name(path.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         stats = build(tmp) or {}
         kill_point(f"stage_build:{kind}")
-        write_json(tmp / "stage.json", {"kind": kind, "spec": spec, "seconds": time.perf_counter() - t0, **stats})
+        write_json(tmp / "stage.json", {"kind": kind, "spec": spec, "seconds": time.perf_counter() - t0,
+                                          "cpu_seconds": time.process_time() - c0, **stats})
         shutil.rmtree(path, ignore_errors=True)
         tmp.rename(path)
     return path

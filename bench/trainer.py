@@ -143,11 +143,12 @@ def train(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, pad
     log = MetricsLog(out_dir / "metrics.jsonl", start_step) if accelerator.is_main_process else None
     model.train()
     tokens, elapsed, last = progress.get("tokens", 0), progress.get("seconds", 0.0), progress.get("last", {})
+    cpu = progress.get("cpu_seconds", 0.0)
     bar = tqdm(range(start_step, spec.steps), desc=desc, initial=start_step, total=spec.steps,
                disable=not (spec.progress and accelerator.is_main_process), leave=False)
     with packed_attention(model, spec.packing):  # spans the backward: checkpointing re-runs layers there
         for step in bar:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             step_metrics: list[dict] = []
             for micro in range(spec.grad_accum):
                 shards = [batch_indices(len(view), spec.batch_size, spec.seed, step * spec.grad_accum + micro,
@@ -179,7 +180,7 @@ def train(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, pad
                 m |= {k: float(v) for k, v in out.metrics.items()}
                 m["loss"] = float(out.loss.detach())
                 step_metrics.append(m)
-            elapsed += time.perf_counter() - t0
+            elapsed, cpu = elapsed + time.perf_counter() - t0, cpu + time.process_time() - c0
             done = step + 1
             if done % spec.log_every == 0 or done == spec.steps:
                 last = {k: sum(m[k] for m in step_metrics if k in m) / sum(k in m for m in step_metrics)
@@ -195,12 +196,12 @@ def train(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, pad
                 accelerator.wait_for_everyone()
                 if accelerator.is_main_process:
                     save_checkpoint(out_dir / "checkpoint", accelerator.unwrap_model(model), optimizer, scheduler, done,
-                                    {"tokens": tokens, "seconds": elapsed, "last": last})
+                                    {"tokens": tokens, "seconds": elapsed, "cpu_seconds": cpu, "last": last})
             kill_point(f"train_step_{done}")
     bar.close()
     model = accelerator.unwrap_model(model)
     if spec.gradient_checkpointing:
         model.gradient_checkpointing_disable()
     model.eval()
-    return {"final": last, "train_tokens": tokens, "train_seconds": elapsed,
-            "tokens_per_s": tokens / max(elapsed, 1e-9), "resumed_from_step": start_step}
+    return {"final": last, "train_tokens": tokens, "train_seconds": elapsed, "train_cpu_seconds": cpu,
+            "optimizer_steps": spec.steps, "tokens_per_s": tokens / max(elapsed, 1e-9), "resumed_from_step": start_step}

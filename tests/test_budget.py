@@ -1,0 +1,64 @@
+"""Fair budgets: every method gets the same optimizer steps from the base model (budget=matched), cost
+totals include the init stage, one base model serves every seed, and `strength` means the same for all."""
+import json
+
+import pytest
+
+from bench.cli import compose_config
+from bench.compute import training_cost
+from bench.config import validate
+from bench.errors import UserError
+from bench.pipeline import prepare
+from tests.conftest import SMOKE, prefbench, run_dir
+
+
+def test_training_cost_adds_the_init_stage():
+    run = {"train_tokens": 1000, "optimizer_steps": 4, "train_cpu_seconds": 2.0}
+    stage = {"train_tokens": 300, "optimizer_steps": 6, "train_cpu_seconds": 1.5}
+    cost = training_cost(10, run, stage)
+    assert cost["cost/train_flops"] == 6 * 10 * 1000 and cost["cost/total_train_flops"] == 6 * 10 * 1300
+    assert (cost["cost/optimizer_steps"], cost["cost/total_optimizer_steps"]) == (4, 10)
+    assert cost["cost/total_train_cpu_seconds"] == 3.5 and cost["cost/total_train_tokens"] == 1300
+    assert training_cost(10, run, None)["cost/total_train_flops"] == 6 * 10 * 1000
+
+
+@pytest.mark.parametrize("budget, orpo_steps", [("matched", 10), ("per_stage", 4)])
+def test_matched_budget_gives_equal_steps_from_base(tmp_path, shared_cache, budget, orpo_steps):
+    """SMOKE: SFT stage 6 steps, trainer 4 steps. DPO trains 4 from the SFT stage (10 from base); with
+    budget=matched SFT and ORPO train 10 from base, with per_stage 4."""
+    prefbench("sweep", "method=sft,dpo,orpo", f"budget={budget}", f"results_dir={tmp_path}", "sweep_name=b",
+              f"cache_dir={shared_cache}", *SMOKE)
+    runs = {m: json.loads((run_dir(tmp_path / "b", f"reviews-tiny-xs-{m}-s0") / "summary.json").read_text())
+            for m in ("sft", "dpo", "orpo")}
+    assert runs["dpo"]["cost/optimizer_steps"] == 4 and runs["dpo"]["cost/total_optimizer_steps"] == 10
+    assert runs["dpo"]["cost/total_train_flops"] > runs["dpo"]["cost/train_flops"]
+    for m in ("sft", "orpo"):
+        assert runs[m]["cost/optimizer_steps"] == runs[m]["cost/total_optimizer_steps"] == orpo_steps
+        assert runs[m]["train/step"] == orpo_steps
+    assert all(r["cost/train_cpu_seconds"] > 0 and r["cost/eval_cpu_seconds"] > 0 for r in runs.values())
+
+
+def test_matched_budget_needs_one_unit():
+    cfg = compose_config(["trainer.epochs=1"])
+    with pytest.raises(UserError, match="both count steps or both count epochs"):
+        validate(cfg)
+    validate(compose_config(["trainer.epochs=1", "stages.sft.epochs=1"]))
+    validate(compose_config(["trainer.epochs=1", "budget=per_stage"]))
+    with pytest.raises(UserError, match="budget='equal' is not allowed"):
+        validate(compose_config(["budget=equal"]))
+
+
+def test_one_base_model_for_every_seed(tmp_path):
+    args = [f"cache_dir={tmp_path}", *SMOKE]
+    g0, g1 = (prepare(compose_config(args + [f"seed={s}"])) for s in (0, 1))
+    assert g0.base == g1.base and g0.sft != g1.sft
+    per_seed = prepare(compose_config(args + ["seed=1", "stages.base.seed=${seed}"]))
+    assert per_seed.base != g0.base
+
+
+def test_strength_is_the_pull_towards_the_anchor_for_every_method():
+    """A larger strength regularises more: DPO/IPO/KTO's beta grows, ORPO's lambda (its preference weight) shrinks."""
+    def value(method, key):
+        return float(compose_config([f"method={method}", "strength=2"]).method[key])
+    assert value("dpo", "beta") == 0.2 and value("ipo", "beta") == 1.0 and value("kto", "beta") == 0.2
+    assert value("orpo", "lam") == 0.5
