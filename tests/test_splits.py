@@ -157,3 +157,21 @@ def test_eval_split_val_evaluates_the_validation_prompts(tmp_path, shared_cache)
     evaluated = {p[0]["content"] if isinstance(p, list) else p for p in (json.loads(s)["prompt"] for s in samples)}
     assert summary["status"] == "done" and summary["eval/n_prompts"] == 6 and evaluated == val
     assert summary["data/prompts/val"] == 6 and summary["data/prompts/eval"] == 8
+
+
+@pytest.mark.parametrize("name", ["reviews", "sorting"])
+def test_the_builtin_base_corpus_has_no_prompt_of_any_split(name):
+    """The tokenizer and base stage pretrain on prompts that no preference pair has, so val and eval prompts
+    are unseen there too, for every seed (the corpus does not depend on the split)."""
+    cfg = task_cfg(name)
+    rows, _, _ = load_rows(cfg)
+    corpus = corpus_rows(cfg, [])
+    assert len(corpus) == cfg.corpus_size
+    assert not {r["prompt"] for r in corpus} & {r["prompt"] for r in rows}
+
+
+def test_cached_stages_of_a_builtin_task_are_keyed_by_its_version():
+    from bench.sources import task_spec
+    from bench.tasks import get_task
+
+    assert task_spec(task_cfg("reviews"))["task_version"] == get_task("reviews").version == 2

@@ -74,6 +74,7 @@ def split_sentences(text: str) -> list[str]:
 class Reviews(SyntheticTask):
     name = "reviews"
     max_new_tokens = 40
+    version = 2  # 2: 'i <verb> the <aspect>' scored; prompts ask for a length and 1-2 aspects
 
     def prompt(self, rng: random.Random) -> str:
         title = f"{rng.choice(TITLE_A)} {rng.choice(TITLE_B)}"

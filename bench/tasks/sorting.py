@@ -20,6 +20,7 @@ DIGITS = frozenset(string.digits)
 class Sorting(SyntheticTask):
     name = "sorting"
     max_new_tokens = 24
+    version = 2  # 2: only the ASCII digits 0-9 count as digits
 
     def prompt(self, rng: random.Random) -> str:
         return "sort: " + " ".join(str(rng.randrange(10)) for _ in range(rng.randint(3, 8)))
