@@ -21,6 +21,7 @@ def validate(cfg: DictConfig) -> None:
     check_budget(cfg)
     if cfg.task.get("n_pairs") is not None and cfg.task.n_pairs < 1:
         raise UserError(f"task.n_pairs must be > 0 (got {cfg.task.n_pairs}): the dataset would be empty")
+    check_splits(cfg)
     check_judge(cfg)
     if cfg.task.get("source", "builtin") != "builtin":  # an unreadable file or one without valid rows stops here
         check_data(cfg)
@@ -32,6 +33,19 @@ def check_budget(cfg: DictConfig) -> None:
     if cfg.budget == "matched" and bool(cfg.trainer.get("epochs")) != bool(cfg.stages.sft.get("epochs")):
         raise UserError("budget=matched adds the SFT stage's length to runs from the base model, so trainer and "
                         "stages.sft must both count steps or both count epochs (or set budget=per_stage)")
+
+
+def check_splits(cfg: DictConfig) -> None:
+    """The held-out splits' sizes (prompts) and the split the evaluation reads."""
+    for key in ("eval_size", "val_size"):
+        value = cfg.task.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise UserError(f"task.{key} must be a whole number of prompts >= 0 (got {value!r})")
+    split = OmegaConf.select(cfg, "eval.split", default="eval")
+    if split not in ("eval", "val"):
+        raise UserError(f"eval.split={split!r} is not allowed; allowed: eval, val")
+    if split == "val" and not cfg.task.get("val_size"):
+        raise UserError("eval.split=val needs validation prompts: set task.val_size > 0")
 
 
 def check_data(cfg: DictConfig) -> None:

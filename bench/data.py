@@ -2,6 +2,8 @@
 
 Cleaning and the split come first (``clean_split``), before anything else sees the rows: the
 tokenizer, the base-stage corpus (train rows only), the views and the judges all read cleaned rows.
+The split is by prompt: rows with the same prompt text go to the same split (eval, val or train), so
+no prompt is both trained on and held out.
 
 Rows arrive in TRL's standard formats, plain text or conversational:
   paired:   {prompt, chosen, rejected}     (strings, or lists of {role, content} messages)
@@ -27,20 +29,22 @@ Messages = list[dict]
 
 @dataclass
 class CleanData:
-    """Cleaned rows (messages), split by seed into train and eval, and the counts so far."""
+    """Cleaned rows (messages), split by seed and prompt into train, val and eval, and the counts so far."""
 
     kind: str  # "paired" or "unpaired"
     train: list[dict]
+    val: list[dict]
     eval: list[dict]
     counts: Counter = field(default_factory=Counter)
 
 
 @dataclass
 class TokenizedData:
-    """Tokenized train/eval splits plus what the cleaning dropped or truncated, by reason."""
+    """Tokenized train/val/eval splits plus what the cleaning dropped or truncated, by reason."""
 
     kind: str  # "paired" or "unpaired"
     train: Dataset
+    val: Dataset
     eval: Dataset
     counts: Counter = field(default_factory=Counter)
 
@@ -172,18 +176,33 @@ class Renderer:
 def clean_split(rows: list[dict], cfg, seed: int, source: str, counts: Counter | None = None,
                 shuffle: bool = True) -> CleanData:
     """Clean ``rows`` and split them by seed; ``source`` names them in errors; ``counts`` carries the
-    drops of earlier steps (unreadable lines, unmappable rows). Raises when no valid row is left."""
+    drops of earlier steps (unreadable lines, unmappable rows). Raises when no valid row is left.
+
+    The split draws whole prompts (``prompt_key``): ``cfg.eval_size`` prompts for eval, then
+    ``cfg.val_size`` (default 0) for val, each at most a fifth of the distinct prompts; every row of a
+    prompt goes with it, so the eval prompts do not depend on ``val_size``."""
     counts = Counter(counts or {})
     counts["rows_in"] = len(rows) + sum(v for k, v in counts.items() if k.startswith("drop/"))
     kind, rows = clean_rows(rows, counts, cfg.get("max_chars"))
     if not rows:
         reasons = ", ".join(f"{k.split('/')[1]}: {v}" for k, v in counts.most_common() if k.startswith("drop/"))
         raise UserError(f"{source}: no valid rows ({reasons or 'the dataset is empty'})")
-    rows = list(rows)
-    if shuffle:
+    prompts, rows = list(dict.fromkeys(prompt_key(r["prompt"]) for r in rows)), list(rows)
+    if shuffle:  # the same draw as shuffling the rows when every prompt is distinct
+        random.Random(seed).shuffle(prompts)
         random.Random(seed).shuffle(rows)
-    n_eval = min(int(cfg.eval_size), len(rows) // 5)
-    return CleanData(kind, rows[n_eval:], rows[:n_eval], counts)
+    n_eval = min(int(cfg.eval_size), len(prompts) // 5)
+    n_val = min(int(cfg.get("val_size") or 0), len(prompts) // 5)
+    split = dict.fromkeys(prompts[:n_eval], "eval") | dict.fromkeys(prompts[n_eval: n_eval + n_val], "val")
+    parts = {"train": [], "val": [], "eval": []}
+    for row in rows:
+        parts[split.get(prompt_key(row["prompt"]), "train")].append(row)
+    return CleanData(kind, parts["train"], parts["val"], parts["eval"], counts)
+
+
+def prompt_key(prompt: Messages) -> str:
+    """A prompt's identity for the split: its roles and texts, each run of whitespace as one space."""
+    return json.dumps([[m["role"], " ".join(m["content"].split())] for m in prompt])
 
 
 _LAST_CLEAN: dict = {}
@@ -204,29 +223,31 @@ def load_clean(task_cfg, seed: int) -> tuple[CleanData, str]:
 
 
 def render(clean: CleanData, tokenizer, cfg, source: str) -> TokenizedData:
-    """Tokenize both splits of ``clean`` (eval rows first in ``idx`` order); truncations and rows
-    too long to keep any completion token are counted."""
+    """Tokenize the splits of ``clean`` (eval rows first in ``idx`` order, then val, then train);
+    truncations and rows too long to keep any completion token are counted, and so are each split's
+    distinct prompts (``prompts/<split>``)."""
     counts = Counter(clean.counts)
     renderer = Renderer(tokenizer, int(cfg.max_length), int(cfg.max_prompt_length), bool(cfg.get("drop_overlong")))
     fields = ("completion",) if clean.kind == "unpaired" else ("chosen", "rejected")
-    splits = []
-    for rows in (clean.eval, clean.train):
+    splits = {}
+    for name in ("eval", "val", "train"):
         rendered = []
-        for row in rows:
+        for row in getattr(clean, name):
             r = renderer.render(row, fields, counts)
             if r is not None:  # raw texts travel along for judging and reports
                 r["prompt"] = row["prompt"]
                 r.update({f"{f}_text": "".join(m["content"] for m in row[f]) for f in fields})
                 rendered.append(r)
-        splits.append(rendered)
-    evals, train = splits
-    for i, r in enumerate(evals + train):
+        splits[name] = rendered
+        counts[f"prompts/{name}"] = len({prompt_key(r["prompt"]) for r in rendered})
+    for i, r in enumerate(splits["eval"] + splits["val"] + splits["train"]):
         r["idx"] = i
-    if not train:
-        raise UserError(f"{source}: no training rows left after cleaning and the eval split")
-    counts["rows_kept"] = len(evals) + len(train)
-    train_ds = Dataset.from_list(train)
-    return TokenizedData(clean.kind, train_ds, Dataset.from_list(evals) if evals else train_ds.select([]), counts)
+    if not splits["train"]:
+        raise UserError(f"{source}: no training rows left after cleaning and the eval/val splits")
+    counts["rows_kept"] = sum(map(len, splits.values()))
+    train = Dataset.from_list(splits["train"])
+    held_out = {k: Dataset.from_list(splits[k]) if splits[k] else train.select([]) for k in ("val", "eval")}
+    return TokenizedData(clean.kind, train, held_out["val"], held_out["eval"], counts)
 
 
 def tokenize(rows: list[dict], tokenizer, cfg, seed: int, source: str, counts: Counter | None = None,

@@ -72,7 +72,7 @@ def _by_prompt(flat: list, k: int) -> list[list]:
 
 def evaluate(cfg, group, model, run_dir: Path) -> dict:
     t0 = time.perf_counter()
-    ev, k, seed = group.data.eval, int(cfg.eval.samples_per_prompt), int(cfg.seed)
+    ev, k, seed = getattr(group.data, cfg.eval.get("split", "eval")), int(cfg.eval.samples_per_prompt), int(cfg.seed)
     if len(ev) == 0:
         return {"eval_status": "done", "eval/n_prompts": 0}
     device = next(model.parameters()).device

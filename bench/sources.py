@@ -140,11 +140,12 @@ def read_hub(task_cfg: DictConfig) -> tuple[list, str, Counter]:
 
 def corpus_rows(task_cfg: DictConfig, train_rows: list[dict]) -> list[dict]:
     """Unlabeled (prompt, completion) rows for the tokenizer and the base stage: the built-in task's
-    corpus, or the cleaned TRAIN rows' prompts with each of their completions (held-out rows never
+    corpus on prompts that no preference pair has, or the cleaned TRAIN rows' prompts with each of their completions (held-out rows never
     enter it). Each row is cut to ``task.corpus_row_chars`` characters (the prompt keeps its end, the
     completion its start, as the truncation policy does) and the corpus stops at ``task.corpus_chars``."""
     if task_cfg.get("source", "builtin") == "builtin":
-        rows = get_task(task_cfg.builtin).corpus(int(task_cfg.corpus_size), int(task_cfg.get("data_seed", 0)))
+        paired = {r["prompt"] for r in load_rows(task_cfg)[0]}  # no prompt of any split, whatever the seed
+        rows = get_task(task_cfg.builtin).corpus(int(task_cfg.corpus_size), int(task_cfg.get("data_seed", 0)), paired)
     else:
         rows = [{"prompt": r["prompt"], "completion": r[k]} for r in train_rows
                 for k in ("chosen", "rejected", "completion") if k in r]
@@ -191,4 +192,8 @@ def _cut(value, n: int, from_end: bool):
 
 
 def task_spec(task_cfg: DictConfig) -> dict:
-    return OmegaConf.to_container(task_cfg, resolve=True)
+    """The task's settings, and a built-in task's version, as cached stages' keys see them."""
+    spec = OmegaConf.to_container(task_cfg, resolve=True)
+    if spec.get("source", "builtin") == "builtin" and spec.get("builtin"):
+        spec["task_version"] = get_task(spec["builtin"]).version
+    return spec

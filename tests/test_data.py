@@ -124,7 +124,7 @@ def test_tasks_have_a_gold_reward_that_prefers_chosen(name):
 
 def test_reviews_reward_reads_sentiment_negation_and_form():
     t = get_task("reviews")
-    p = 'Review "wild river", focusing on the plot.'
+    p = 'Review "wild river" in 1 sentence, focusing on the plot.'
     assert t.reward(p, "the plot was great.") > t.reward(p, "the plot was good.") > t.reward(p, "the plot was bad.")
     assert t.reward(p, "the plot was not great.") < t.reward(p, "the plot was great.")
     assert t.reward(p, "the plot was extremely great.") > t.reward(p, "the plot was great.")

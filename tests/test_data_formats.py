@@ -119,9 +119,9 @@ def test_held_out_rows_never_reach_the_tokenizer_or_base_corpus(tmp_path, monkey
         cfg = compose_config(["task=file", f"task.path={path}", f"cache_dir={tmp_path / 'cache'}", f"seed={seed}",
                               *FILE_SMOKE, "stages.base.steps=2", "task.eval_size=10"])
         group = pipeline.prepare(cfg)
-        held_out = [p[0]["content"] for p in group.data.eval["prompt"]]
+        held_out = [p[0]["content"] for split in (group.data.eval, group.data.val) for p in split["prompt"]]
         trained = [p[0]["content"] for p in group.data.train["prompt"]]
-        assert len(held_out) == 10 and len(trained) == 40
+        assert len(group.data.eval) == 10 and len(group.data.val) == 10 and len(trained) == 30  # val: 50 // 5
         for stage in ("tokenizer", "base"):
             text = "\n".join(seen[stage])
             assert not [p for p in held_out if f"{p}\"" in text or f"{p} " in text], stage

@@ -14,6 +14,7 @@ class SyntheticTask:
 
     name: str
     max_new_tokens: int = 48
+    version: int = 1  # raised when the prompts, the policy or the reward change; part of cached stages' keys
 
     def prompt(self, rng: random.Random) -> str:
         raise NotImplementedError
@@ -26,12 +27,16 @@ class SyntheticTask:
         """Gold reward: deterministic, higher is better."""
         raise NotImplementedError
 
-    def corpus(self, n: int, seed: int) -> list[dict]:
+    def corpus(self, n: int, seed: int, exclude: frozenset[str] | set[str] = frozenset()) -> list[dict]:
+        """Up to n unlabeled rows whose prompts are not in ``exclude`` (at most 100 n prompts are drawn)."""
         rng = random.Random(f"{self.name}-corpus-{seed}")
         rows = []
-        for _ in range(n):
+        for _ in range(100 * n):
+            if len(rows) == n:
+                break
             p = self.prompt(rng)
-            rows.append({"prompt": p, "completion": self.completion(p, rng)})
+            if p not in exclude:
+                rows.append({"prompt": p, "completion": self.completion(p, rng)})
         return rows
 
     def pairs(self, n: int, seed: int, temperature: float = 0.0) -> list[dict]:
