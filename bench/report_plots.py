@@ -21,11 +21,11 @@ def _is_collapsed(d: pd.DataFrame) -> pd.Series:
     return d["collapsed"].fillna(False).astype(bool) if "collapsed" in d else pd.Series(False, index=d.index)
 
 
-def _seed_points(ax, d, x_col, y_col, color):
+def _seed_points(ax, d, x_col, y_col, color, dodge: float = 1.0):
     """Each seed as a faint point; a collapsed run as an x (not a method result)."""
     bad = _is_collapsed(d)
-    ax.scatter(d.loc[~bad, x_col], d.loc[~bad, y_col], color=color, alpha=0.3, s=14, lw=0)
-    ax.scatter(d.loc[bad, x_col], d.loc[bad, y_col], color=color, alpha=0.8, s=40, marker="x")
+    ax.scatter(d.loc[~bad, x_col] * dodge, d.loc[~bad, y_col], color=color, alpha=0.35, s=18, lw=0)
+    ax.scatter(d.loc[bad, x_col] * dodge, d.loc[bad, y_col], color=color, alpha=0.8, s=40, marker="x")
 
 
 def _errorbar(ax, x, s: pd.DataFrame, label: str):
@@ -41,12 +41,14 @@ def plot_win_rate_vs_size(df: pd.DataFrame) -> plt.Figure:
     for ax, other in zip(axes, ["sft", "chosen"]):
         col = f"eval/win_rate_vs_{other}"
         if col not in d:
+            ax.set_axis_off()
             continue
-        summary = series_summary(df, other)
-        for series in series_order(d):
+        summary, names = series_summary(df, other), series_order(d)
+        for i, series in enumerate(names):
+            dodge = 1.04 ** (i - (len(names) - 1) / 2)  # side by side on the log axis, so bars do not overlap
             s = summary[summary["series"] == series].sort_values("n_params")
-            line = _errorbar(ax, s["n_params"], s, series)
-            _seed_points(ax, d[d["series"] == series], "n_params", col, line.get_color())
+            line = _errorbar(ax, s["n_params"] * dodge, s, series)
+            _seed_points(ax, d[d["series"] == series], "n_params", col, line.get_color(), dodge)
         ax.axhline(0.5, color="grey", lw=0.8, ls=":")
         ax.set(xscale="log", xlabel="model (parameters)",
                title=f"win rate vs {'the SFT policy' if other == 'sft' else 'dataset chosen'}")
@@ -73,6 +75,7 @@ def plot_win_rate_vs_flops(df: pd.DataFrame) -> plt.Figure:
     ax.axhline(0.5, color="grey", lw=0.8, ls=":")
     ax.set(xscale="log", xlabel="total training FLOPs per run (incl. its init stage)", ylabel="win rate vs SFT",
            title="win rate vs training compute (one line per series, points = model sizes)")
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
