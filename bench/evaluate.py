@@ -137,7 +137,10 @@ def evaluate(cfg, group, model, run_dir: Path) -> dict:
     out |= {"cost/eval_seconds": time.perf_counter() - t0, "cost/generate_seconds": gen_seconds,
             "cost/generate_tokens_per_s": gen_tokens / max(gen_seconds, 1e-9), "cost/judge_seconds": judge_seconds,
             "cost/eval_flops": 2 * n_params * (gen_tokens + 2 * scored_tokens),
-            "eval_status": "partial" if unjudged else "done"}
+            "eval_status": "partial" if unjudged else "done",
+            "eval/anchor_response_tokens_mean": float(np.mean([len(c) for s in anchor_ids for c in s]))}
+    write_jsonl(run_dir / "prompts.jsonl", _prompt_rows(mine, _by_prompt(anchor_scores, k), chosen_scores,
+                                                        _by_prompt((logp_pi - logp_ref).tolist(), k), samples))
     return out
 
 
@@ -151,3 +154,17 @@ def _judged(a: list[list], b: list[list]) -> tuple[list[list], list[list]]:
     pairs = [([x for x in sa if x is not None], [y for y in sb if y is not None]) for sa, sb in zip(a, b)]
     pairs = [(sa, sb) for sa, sb in pairs if sa and sb]
     return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def _prompt_rows(mine, anchor, chosen, kl_by_prompt, samples) -> list[dict]:
+    """prompts.jsonl: per eval prompt, the win fraction over its judged K x K (policy, anchor) sample pairs
+    and over (policy sample, chosen) pairs (ties 1/2; None when a side has no judged sample), the mean
+    log pi - log pi_anchor of its samples and their mean length: the units bench.stats resamples."""
+    def win(a, b):
+        a, b = [x for x in a if x is not None], [y for y in b if y is not None]
+        return float(em.prompt_win_rates([a], [b])[0]) if a and b else None
+
+    return [{"prompt_index": i, "win_vs_sft": win(mine[i], anchor[i]),
+             **({"win_vs_chosen": win(mine[i], [chosen[i]])} if chosen else {}),
+             "kl": float(np.mean(kl_by_prompt[i])), "response_tokens": float(np.mean([len(c) for c in samples[i]]))}
+            for i in range(len(mine))]

@@ -1,4 +1,5 @@
 """The report as a person sees it: index.html in a real headless Chromium, and the notebook."""
+import json
 import os
 import shutil
 import subprocess
@@ -6,6 +7,7 @@ import subprocess
 import numpy as np
 import pytest
 
+from bench.report import load_runs
 from tests.conftest import REPO, SMOKE, prefbench
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -27,13 +29,34 @@ def chromium() -> str:
     return exe
 
 
+def n_figures(sweep) -> int:
+    """The runs' figures: 7, plus win rate vs training FLOPs once the runs record cost/total_train_flops."""
+    return 7 + ("cost/total_train_flops" in load_runs(sweep))
+
+
+def test_prompts_jsonl_holds_the_summary_per_prompt(sweep):
+    runs = [p for p in sweep.iterdir() if (p / "summary.json").exists()]
+    assert len(runs) == 4
+    for run in runs:
+        s = json.loads((run / "summary.json").read_text())
+        rows = [json.loads(line) for line in (run / "prompts.jsonl").read_text().splitlines()]
+        assert [r["prompt_index"] for r in rows] == list(range(s["eval/n_prompts"]))
+        assert np.mean([r["win_vs_sft"] for r in rows]) == pytest.approx(s["eval/win_rate_vs_sft"])
+        assert np.mean([r["win_vs_chosen"] for r in rows]) == pytest.approx(s["eval/win_rate_vs_chosen"])
+        assert np.mean([r["kl"] for r in rows]) == pytest.approx(s["eval/kl"], rel=1e-5, abs=1e-5)
+        assert np.mean([r["response_tokens"] for r in rows]) == pytest.approx(s["eval/response_tokens_mean"])
+        assert s["eval/anchor_response_tokens_mean"] > 0
+
+
 def test_report_renders_in_headless_chromium(sweep, tmp_path):
     exe = chromium()
     page = (sweep / "report" / "index.html").as_uri()
     common = [exe, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run([*common, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
-    assert dom.count("<img") == 7 and "All runs" in dom and "reviews-tiny-s-dpo-s0" not in dom
+    assert dom.count("<img") == n_figures(sweep) and "All runs" in dom and "reviews-tiny-s-dpo-s0" not in dom
     assert "dpo" in dom and "tiny-xs" in dom
+    assert dom.index("Conclusions") < dom.index("Ranking on tiny-xs") < dom.index("Ranking on tiny-s") < dom.index("<img")
+    assert "(win rate vs SFT, 95% CI " in dom and "prompts only (one seed)" in dom
     shot = tmp_path / "report.png"
     subprocess.run([*common, f"--screenshot={shot}", "--window-size=1200,2400", page], capture_output=True,
                    timeout=120, check=True)
@@ -57,5 +80,5 @@ def test_notebook_executes_on_a_finished_sweep(sweep):
     finally:
         del os.environ["PREFBENCH_SWEEP"]
     images = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
-    assert images == 7
+    assert images == n_figures(sweep)
     assert "dpo" in str(nb.cells[1].outputs[0]["data"]["text/plain"])
