@@ -108,7 +108,7 @@ def test_one_process_at_a_time_per_run_folder(tmp_path, shared_cache):
                              text=True) for _ in range(2)]
     codes = sorted(p.wait(timeout=300) for p in both)
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [2, 4]  # every step once
+    assert steps == [0, 2, 4]  # every step once (0: the init model's probe)
     assert codes in ([0, 0], [0, 2])  # the second either waited for nothing (finished first) or was refused
 
 
