@@ -7,7 +7,7 @@ from bench.errors import UserError
 from methods import Method, build_method, registry
 
 POSITIVE = ["trainer.steps", "trainer.batch_size", "trainer.grad_accum", "trainer.lr",
-            "stages.base.steps", "stages.sft.steps", "eval.samples_per_prompt", "task.max_length"]
+            "stages.base.steps", "stages.sft.steps", "eval.samples_per_prompt", "eval.temperature", "task.max_length"]
 
 
 def validate(cfg: DictConfig) -> None:
@@ -19,6 +19,10 @@ def validate(cfg: DictConfig) -> None:
     if cfg.init not in ("auto", "base", "sft"):
         raise UserError(f"init={cfg.init!r} is not allowed; allowed: auto, base, sft")
     check_budget(cfg)
+    if OmegaConf.select(cfg, "eval.top_p") is not None and cfg.eval.top_p != 1:
+        raise UserError(f"eval.top_p must be 1 (got {cfg.eval.top_p}): the KL to the anchor is estimated on the "
+                        f"samples, and under nucleus sampling it is undefined wherever the anchor's nucleus leaves "
+                        f"out a sampled token; use eval.temperature to sharpen the samples")
     if cfg.task.get("n_pairs") is not None and cfg.task.n_pairs < 1:
         raise UserError(f"task.n_pairs must be > 0 (got {cfg.task.n_pairs}): the dataset would be empty")
     check_splits(cfg)

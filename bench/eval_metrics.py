@@ -59,3 +59,12 @@ def pid_aid(embeddings_by_prompt: Sequence[np.ndarray]) -> tuple[float, float]:
 def kl_estimate(logp_policy: Sequence[float], logp_ref: Sequence[float]) -> float:
     """KL(pi || pi_ref) ~ mean over samples y ~ pi of [log pi(y|x) - log pi_ref(y|x)]."""
     return float(np.mean(np.asarray(logp_policy, float) - np.asarray(logp_ref, float)))
+
+
+def prompt_means(values: Sequence[float], k: int) -> np.ndarray:
+    """Per-prompt means of a flat list holding ``k`` consecutive values per prompt (the unit a
+    bootstrap over prompts resamples)."""
+    values = np.asarray(values, float)
+    if len(values) % k:
+        raise ValueError(f"{len(values)} values are not {k} per prompt")
+    return values.reshape(-1, k).mean(axis=1)

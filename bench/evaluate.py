@@ -1,21 +1,25 @@
 """Evaluation of a trained policy with definitions shared by every method.
 
-On the held-out prompts: K samples per prompt (temperature 1, top_p 1, seeded, batched with the KV
-cache), judged; win rates against the group's SFT policy and against the dataset's chosen responses;
-implicit-reward margins and accuracy on held-out pairs and KL(pi || pi_anchor), both against the
-group's anchor (its SFT policy), so reference-free methods are measured on the same scale; lexical
-diversity; compute cost. Writes samples.jsonl; returns flat summary keys (documented in the README).
+On the held-out prompts: K samples per prompt (ancestral sampling at eval.temperature, batched with the
+KV cache; the policy and the anchor draw from independent seeded streams), judged; win rates against
+the group's SFT policy and against the dataset's chosen responses; implicit-reward margins and
+accuracy on held-out pairs and KL(pi_T || pi_anchor,T) with a bootstrap CI over prompts, both against
+the group's anchor (its SFT policy), so reference-free methods are measured on the same scale (the KL
+under the temperature-T distributions the samples were drawn from); lexical diversity; compute cost.
+Writes samples.jsonl; returns flat summary keys (documented in the README).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from filelock import FileLock
+from transformers import GenerationConfig
 
 from bench import eval_metrics as em
 from bench.embedder import embed
@@ -27,24 +31,56 @@ from bench.results import read_json, write_json, write_jsonl
 from bench.views import View, build_view
 
 
+def stream_seed(seed: int, stream: str) -> int:
+    """The seed of one model's sampling stream: the policy's and the anchor's samples share no random
+    numbers, and every method of one seed draws from the same policy stream (common random numbers)."""
+    return int.from_bytes(hashlib.sha256(f"prefbench-eval/{seed}/{stream}".encode()).digest()[:8], "big") >> 1
+
+
+def sampling_config(cfg, max_new_tokens: int, eos: int, pad: int) -> GenerationConfig:
+    """Every setting that shapes the samples, set explicitly: pure ancestral sampling at
+    ``eval.temperature`` (``eval.top_p`` is 1, bench.config), nothing else reweighting the logits."""
+    return GenerationConfig(
+        do_sample=True, num_beams=1, temperature=float(cfg.eval.temperature), top_p=float(cfg.eval.top_p), top_k=0,
+        typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0, repetition_penalty=1.0, encoder_repetition_penalty=1.0,
+        no_repeat_ngram_size=0, encoder_no_repeat_ngram_size=0, min_length=0, min_new_tokens=0,
+        max_new_tokens=max_new_tokens, num_return_sequences=int(cfg.eval.samples_per_prompt), renormalize_logits=False,
+        remove_invalid_values=False, use_cache=True, return_dict_in_generate=False, output_scores=False,
+        pad_token_id=pad, eos_token_id=eos)
+
+
+@contextmanager
+def _no_model_defaults(model):
+    """``model.generate`` fills every setting left unset (None) in the config it is given from the
+    model's own generation_config (a hub model's generation_config.json: min_p, suppress_tokens, ...).
+    Here that is a blank one, so only the given config and the library's neutral defaults apply."""
+    saved, model.generation_config = model.generation_config, GenerationConfig()
+    try:
+        yield
+    finally:
+        model.generation_config = saved
+
+
 @torch.no_grad()
-def generate(model, tokenizer, prompt_ids: list[list[int]], cfg, max_new_tokens: int, seed: int) -> list[list[list[int]]]:
-    """K sampled completions (token ids, through the first eos) for each prompt."""
+def generate(model, tokenizer, prompt_ids: list[list[int]], cfg, max_new_tokens: int, seed: int,
+             stream: str = "policy") -> list[list[list[int]]]:
+    """K sampled completions (token ids, through the first eos) for each prompt, drawn from the
+    sampling stream ``stream`` of ``seed`` (stream_seed); the caller's random state is left as it was."""
     model.eval()
     device = next(model.parameters()).device
     k, eos, pad = int(cfg.eval.samples_per_prompt), tokenizer.eos_token_id, tokenizer.pad_token_id
-    torch.manual_seed(seed)
-    out = []
-    for start in range(0, len(prompt_ids), int(cfg.eval.batch_size)):
-        chunk = prompt_ids[start: start + int(cfg.eval.batch_size)]
-        width = max(map(len, chunk))
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=device)  # left padding
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
-        gen = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=float(cfg.eval.temperature),
-                             top_p=float(cfg.eval.top_p), top_k=0, max_new_tokens=max_new_tokens,
-                             num_return_sequences=k, pad_token_id=pad, eos_token_id=eos)[:, width:].tolist()
-        for i in range(len(chunk)):
-            out.append([_through_eos(g, eos) for g in gen[i * k: (i + 1) * k]])
+    config, out = sampling_config(cfg, max_new_tokens, eos, pad), []
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), _no_model_defaults(model):
+        torch.manual_seed(stream_seed(seed, stream))
+        for start in range(0, len(prompt_ids), int(cfg.eval.batch_size)):
+            chunk = prompt_ids[start: start + int(cfg.eval.batch_size)]
+            width = max(map(len, chunk))
+            ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=device)  # left padding
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
+            gen = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)[:, width:].tolist()
+            for i in range(len(chunk)):
+                out.append([_through_eos(g, eos) for g in gen[i * k: (i + 1) * k]])
     return out
 
 
@@ -54,14 +90,14 @@ def _through_eos(ids: list[int], eos: int) -> list[int]:
 
 def _anchor_samples(cfg, group, anchor, prompt_ids, max_new_tokens) -> list[list[list[int]]]:
     """The anchor's samples for the eval prompts, generated once per group and cached."""
-    key = hashlib.sha256(json.dumps([prompt_ids, dict(cfg.eval), max_new_tokens, int(cfg.seed)],
+    key = hashlib.sha256(json.dumps([prompt_ids, dict(cfg.eval), max_new_tokens, int(cfg.seed), "anchor"],
                                     default=str).encode()).hexdigest()[:12]
     path = Path(cfg.cache_dir) / "anchor_samples" / f"{Path(group.sft).name}-{key}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         cached = read_json(path)
         if cached is None:
-            cached = generate(anchor, group.tokenizer, prompt_ids, cfg, max_new_tokens, int(cfg.seed))
+            cached = generate(anchor, group.tokenizer, prompt_ids, cfg, max_new_tokens, int(cfg.seed), "anchor")
             write_json(path, cached)
     return cached
 
@@ -83,10 +119,12 @@ def evaluate(cfg, group, model, run_dir: Path) -> dict:
     gen_seconds, gen_tokens = time.perf_counter() - t_gen, sum(len(c) for s in samples for c in s)
     flat = [(i, c) for i, s in enumerate(samples) for c in s]
     sample_view = View("sft", [{"chosen": (prompt_ids[i], c)} for i, c in flat])
-    logp_pi = score_view(model, sample_view, group.pad_id, 64, device)["chosen.sum"]
+    temperature = float(cfg.eval.temperature)  # both scored under the distribution the samples were drawn from
+    logp_pi = score_view(model, sample_view, group.pad_id, 64, device, temperature)["chosen.sum"]
 
     anchor = load_model(group.sft).to(device)
-    logp_ref = score_view(anchor, sample_view, group.pad_id, 64, device)["chosen.sum"]
+    logp_ref = score_view(anchor, sample_view, group.pad_id, 64, device, temperature)["chosen.sum"]
+    kl_low, kl_high = em.bootstrap_ci(em.prompt_means(logp_pi - logp_ref, k), int(cfg.eval.bootstrap), seed)
     out: dict = {}
     if group.data.kind == "paired":
         pairs = build_view("paired", "paired", ev, seed)
@@ -120,7 +158,7 @@ def evaluate(cfg, group, model, run_dir: Path) -> dict:
             "eval/score_std": float(np.std(valid)) if valid else None,
             "eval/anchor_score_mean": _mean(anchor_scores),
             "eval/chosen_score_mean": _mean(chosen_scores or []),
-            "eval/kl": em.kl_estimate(logp_pi, logp_ref),
+            "eval/kl": em.kl_estimate(logp_pi, logp_ref), "eval/kl_ci_low": kl_low, "eval/kl_ci_high": kl_high,
             "eval/response_tokens_mean": gen_tokens / max(len(flat), 1),
             "eval/distinct_1": em.distinct_n(texts, 1), "eval/distinct_2": em.distinct_n(texts, 2)}
     mine = _by_prompt(scores, k)

@@ -43,8 +43,10 @@ def length_groups(lengths: list[int], overhead: int = 64) -> list[list[int]]:
     return groups[::-1]
 
 
-def token_logps(model, batch: Packed) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs of the completion tokens, flattened, and the batch row of each.
+def token_logps(model, batch: Packed, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs of the completion tokens, flattened, and the batch row of each, under the model's
+    distribution at ``temperature``: log_softmax(logits / temperature), the distribution that
+    sampling at that temperature draws from (1.0: the model itself, as training uses).
 
     Inside ``packed_attention`` the rows run as one padding-free row (``bench.packing``); otherwise
     in length groups (``length_groups``), so little compute goes to padding. Either way the batch is
@@ -56,32 +58,34 @@ def token_logps(model, batch: Packed) -> tuple[torch.Tensor, torch.Tensor]:
         ids, positions, row, segments = packed_inputs(batch.input_ids, batch.attention_mask)
         completion = batch.completion_mask[batch.attention_mask.bool()]
         target = (completion[1:] == 1) & (row[1:] == row[:-1])  # the next token is in the same sequence
-        return _predict(model, ids, target[None], position_ids=positions, segments=segments), row[1:][target]
+        return (_predict(model, ids, target[None], temperature, position_ids=positions, segments=segments),
+                row[1:][target])
     lengths = batch.attention_mask.sum(dim=1).tolist()
     logps, rows = [], []
     for g in length_groups(lengths) if len(lengths) > 1 else [[0]]:
         idx = torch.tensor(g, device=batch.input_ids.device)
         width = max(lengths[i] for i in g)
         target = batch.completion_mask[idx, 1:width].bool()
-        logps.append(_predict(model, batch.input_ids[idx, :width], target,
+        logps.append(_predict(model, batch.input_ids[idx, :width], target, temperature,
                               attention_mask=batch.attention_mask[idx, :width]))
         rows.append(idx[target.nonzero()[:, 0]])
     return torch.cat(logps), torch.cat(rows)
 
 
-def _predict(model, input_ids, target, **inputs) -> torch.Tensor:
-    """log p(input_ids[:, t+1] | input_ids[:, :t+1]) at the positions t where ``target`` is set."""
+def _predict(model, input_ids, target, temperature: float = 1.0, **inputs) -> torch.Tensor:
+    """log p_T(input_ids[:, t+1] | input_ids[:, :t+1]) at the positions t where ``target`` is set."""
     body, head = _body_and_head(model)
     if body is not None:
         logits = head(body(input_ids=input_ids, use_cache=False, **inputs)[0][:, :-1][target])
     else:
         logits = model(input_ids=input_ids, use_cache=False, **inputs).logits[:, :-1][target]
-    return -F.cross_entropy(logits.float(), input_ids[:, 1:][target], reduction="none")
+    logits = logits.float() if temperature == 1.0 else logits.float() / temperature
+    return -F.cross_entropy(logits, input_ids[:, 1:][target], reduction="none")
 
 
-def sequence_logps(model, batch: Packed) -> dict[str, SeqLogps]:
-    """S(y) and n(y) for every sequence of the batch, split by role."""
-    logps, rows = token_logps(model, batch)
+def sequence_logps(model, batch: Packed, temperature: float = 1.0) -> dict[str, SeqLogps]:
+    """S(y) and n(y) for every sequence of the batch, split by role (S at ``temperature``, see token_logps)."""
+    logps, rows = token_logps(model, batch, temperature)
     n_rows = batch.input_ids.shape[0]
     sums = torch.zeros(n_rows, device=logps.device, dtype=logps.dtype).index_add(0, rows, logps)
     counts = batch.completion_mask[:, 1:].sum(dim=1)
@@ -89,14 +93,16 @@ def sequence_logps(model, batch: Packed) -> dict[str, SeqLogps]:
 
 
 @torch.no_grad()
-def score_view(model, view: View, pad_id: int, batch_size: int, device) -> dict[str, torch.Tensor]:
-    """``{role}.sum`` and ``{role}.n`` for every example of ``view`` (NaN where an example lacks the role)."""
+def score_view(model, view: View, pad_id: int, batch_size: int, device,
+               temperature: float = 1.0) -> dict[str, torch.Tensor]:
+    """``{role}.sum`` and ``{role}.n`` for every example of ``view`` (NaN where an example lacks the role);
+    the sums at ``temperature`` (see token_logps)."""
     model.eval()
     out = {f"{r}.{k}": torch.full((len(view),), float("nan")) for r in view.roles for k in ("sum", "n")}
     with packed_attention(model):
         for start in range(0, len(view), batch_size):
             batch = pack(view, list(range(start, min(start + batch_size, len(view)))), view.roles, pad_id).to(device)
-            for role, s in sequence_logps(model, batch).items():
+            for role, s in sequence_logps(model, batch, temperature).items():
                 idx = batch.index[role].cpu()
                 out[f"{role}.sum"][idx] = s.sum.float().cpu()
                 out[f"{role}.n"][idx] = s.n_tokens.float().cpu()

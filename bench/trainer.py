@@ -5,7 +5,9 @@ chosen+rejected sequences (plus a no-grad forward for probe roles such as KTO's 
 completions), the method's loss, backward; then gradient clipping, AdamW and the LR schedule.
 A non-finite loss or gradient norm stops training before the optimizer step (NonFiniteTraining).
 A checkpoint carries the cumulative trained tokens, train seconds and last logged metrics, so a
-resumed run reports the cost and metrics of all its steps.
+resumed run reports the cost and metrics of all its steps. With a probe, metrics.jsonl starts with a
+step-0 row holding only the probe of the init model (written when training starts fresh; a resumed run
+keeps the one it has).
 """
 from __future__ import annotations
 
@@ -147,6 +149,11 @@ def train(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, pad
     bar = tqdm(range(start_step, spec.steps), desc=desc, initial=start_step, total=spec.steps,
                disable=not (spec.progress and accelerator.is_main_process), leave=False)
     with packed_attention(model, spec.packing):  # spans the backward: checkpointing re-runs layers there
+        if probe is not None and start_step == 0:  # where the log-prob dynamics start: the init model
+            init_probe = probe(accelerator.unwrap_model(model))
+            model.train()
+            if init_probe and accelerator.is_main_process:
+                log.append({"step": 0} | init_probe)
         for step in bar:
             t0, c0 = time.perf_counter(), time.process_time()
             step_metrics: list[dict] = []

@@ -33,7 +33,7 @@ def test_every_method_trains_end_to_end_through_the_cli(tmp_path, shared_cache):
         assert (run / "checkpoint" / "model.safetensors").exists() and (run / "config.yaml").exists()
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         from_base = method in ("sft", "orpo")  # budget=matched: also the SFT stage's 6 steps
-        assert [r["step"] for r in rows if "loss" in r] == ([2, 4, 6, 8, 10] if from_base else [2, 4])
+        assert [r["step"] for r in rows] == ([0, 2, 4, 6, 8, 10] if from_base else [0, 2, 4])  # 0: init's probe
         expected = UNIFORM | (WITH_REFERENCE if method in ("dpo", "ipo", "kto") else set())
         assert expected <= set(rows[-1]), expected - set(rows[-1])
         if method != "sft":  # paired methods (and KTO, whose rejected are its undesirable examples)
@@ -41,6 +41,7 @@ def test_every_method_trains_end_to_end_through_the_cli(tmp_path, shared_cache):
         # evaluation against the group's SFT anchor, for reference-free methods too
         for key in ["eval/reward_margin", "eval/kl", "eval/win_rate_vs_sft", "eval/win_rate_vs_chosen"]:
             assert summary[key] is not None, key
+        assert summary["eval/kl_ci_low"] <= summary["eval/kl"] <= summary["eval/kl_ci_high"]
     assert (tmp_path / "default" / "report" / "index.html").exists()
 
 
@@ -79,6 +80,8 @@ def test_reference_cache_skips_the_reference_forward(tmp_path):
     (["method=orpo", "method.lam=-1"], "prefbench: error: method.lam must be > 0 (got -1)"),
     (["trainer.steps=0"], "prefbench: error: trainer.steps must be > 0 (got 0)"),
     (["task.n_pairs=0"], "prefbench: error: task.n_pairs must be > 0 (got 0)"),
+    (["eval.temperature=0"], "prefbench: error: eval.temperature must be > 0 (got 0)"),
+    (["eval.top_p=0.9"], "prefbench: error: eval.top_p must be 1 (got 0.9): the KL to the anchor is estimated"),
     (["+method.gamma=1"], "prefbench: error: method.gamma is not a parameter of dpo; allowed: beta"),
 ])
 def test_bad_config_is_one_clear_line(tmp_path, args, message):

@@ -73,7 +73,7 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path, shared_cache):
     s = summary(run)
     assert s["status"] == "done" and 20 <= s["resumed_from_step"] < 400
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(20, 401, 20))  # no step lost, none repeated
+    assert steps == [0, *range(20, 401, 20)]  # no step lost, none repeated (0: the init probe)
 
 
 def test_same_seed_twice_gives_the_same_summary(tmp_path):

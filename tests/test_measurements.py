@@ -1,0 +1,109 @@
+"""The evaluation measures what it says (issue 12, "the measurements are sound"): the policy's and the
+anchor's samples come from independent streams, a model's own generation_config cannot change the
+samples, the KL is scored under the distribution the samples were drawn from (with a CI over prompts),
+and the log-prob dynamics start at the init model (step 0)."""
+import json
+import shutil
+
+import pytest
+import torch
+import transformers
+
+from bench import eval_metrics as em
+from bench.cli import compose_config
+from bench.evaluate import evaluate, generate
+from bench.logprobs import score_view, sequence_logps
+from bench.packing import packed_attention
+from bench.pipeline import load_model, logprob_probe, prepare
+from bench.views import View, build_view, pack
+from tests.conftest import SMOKE, prefbench, run_dir
+
+
+@pytest.fixture()
+def group(shared_cache):
+    return prepare(compose_config(SMOKE + [f"cache_dir={shared_cache}"]))
+
+
+def test_policy_and_anchor_draw_independent_streams(group, shared_cache, tmp_path):
+    # a fresh anchor-sample cache (stages copied), so the one anchor file there is this evaluation's
+    assert group.sft.exists()
+    shutil.copytree(shared_cache, tmp_path / "cache", ignore=shutil.ignore_patterns("anchor_samples", "*.lock"))
+    cfg = compose_config(SMOKE + [f"cache_dir={tmp_path / 'cache'}", "eval.samples_per_prompt=4"])
+    group = prepare(cfg)
+    twin = load_model(group.sft)  # the policy is an identical copy of the anchor
+    first = evaluate(cfg, group, twin, tmp_path / "a")
+    (anchor_file,) = (tmp_path / "cache" / "anchor_samples").glob(f"{group.sft.name}-*.json")
+    anchor = [group.tokenizer.decode(c, skip_special_tokens=True) for s in json.loads(anchor_file.read_text()) for c in s]
+    policy = [json.loads(line)["response"] for line in (tmp_path / "a" / "samples.jsonl").read_text().splitlines()]
+    assert len(policy) == len(anchor) == 8 * 4
+    same = sum(p == a for p, a in zip(policy, anchor))
+    assert same < len(policy) / 2, f"{same}/{len(policy)} policy samples equal the anchor's"
+    # the same seed reproduces the same samples; the identical model has KL 0, with a CI around it
+    evaluate(cfg, group, twin, tmp_path / "b")
+    assert (tmp_path / "b" / "samples.jsonl").read_text() == (tmp_path / "a" / "samples.jsonl").read_text()
+    assert first["eval/kl_ci_low"] == first["eval/kl"] == first["eval/kl_ci_high"] == 0.0
+
+
+def test_a_models_generation_config_does_not_change_the_samples(group, tmp_path):
+    cfg = compose_config(SMOKE + ["eval.samples_per_prompt=4"])
+    plain, tuned = tmp_path / "plain", tmp_path / "tuned"
+    for path in (plain, tuned):
+        shutil.copytree(group.sft, path, ignore=shutil.ignore_patterns("checkpoint", "*.json.lock"))
+    file = tuned / "generation_config.json"
+    settings = json.loads(file.read_text()) if file.exists() else {}
+    settings |= {"repetition_penalty": 1.8, "no_repeat_ngram_size": 2, "top_k": 3, "min_p": 0.3,
+                 "suppress_tokens": [5, 6, 7]}  # what a hub model's generation_config.json may carry
+    file.write_text(json.dumps(settings))
+    assert load_model(tuned).generation_config.repetition_penalty == 1.8  # the file is read
+    prompts = list(group.data.eval["prompt_ids"])
+    a, b = (generate(load_model(p), group.tokenizer, prompts, cfg, 24, seed=0) for p in (plain, tuned))
+    assert a == b
+    assert a != generate(load_model(plain), group.tokenizer, prompts, cfg, 24, seed=1)  # the seed does matter
+
+
+def test_temperature_scoring_matches_log_softmax_of_scaled_logits():
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+    examples = [([5, 6, 7], [8, 9, 10, 11]), ([5], [12, 13]), ([20, 21, 22, 23], [30])]
+    view = View("sft", [{"chosen": e} for e in examples])
+
+    def by_hand(temperature):
+        out = []
+        for p, c in examples:
+            logits = model(input_ids=torch.tensor([p + c])).logits[0, len(p) - 1:-1].double()
+            out.append(torch.log_softmax(logits / temperature, -1).gather(-1, torch.tensor(c)[:, None]).sum())
+        return torch.stack(out).float()
+
+    for t in (0.5, 0.7, 1.0, 1.5):
+        got = score_view(model, view, 0, 8, "cpu", temperature=t)["chosen.sum"]
+        torch.testing.assert_close(got, by_hand(t), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(by_hand(0.7), by_hand(1.0))
+    # the trainer's path (no temperature) is exactly temperature 1, packed or in length groups
+    batch = pack(view, [0, 1, 2], ("chosen",), 0)
+    for packed in (True, False):
+        with torch.no_grad(), packed_attention(model, enabled=packed):
+            default, one = sequence_logps(model, batch)["chosen"].sum, sequence_logps(model, batch, 1.0)["chosen"].sum
+        assert torch.equal(default, one)
+
+
+def test_kl_ci_resamples_prompt_means():
+    per_prompt = em.prompt_means([1.0, 3.0, 2.0, 2.0, 10.0, 0.0], 2)
+    assert per_prompt.tolist() == [2.0, 2.0, 5.0]
+    low, high = em.bootstrap_ci(per_prompt, 2000, seed=0)
+    assert 2.0 <= low < 3.0 < high <= 5.0  # the mean 3 lies inside; the bounds are prompt means' means
+    with pytest.raises(ValueError, match="not 2 per prompt"):
+        em.prompt_means([1.0, 2.0, 3.0], 2)
+
+
+def test_logprob_dynamics_start_at_the_init_model(group, shared_cache, tmp_path):
+    prefbench("run", "method=dpo", f"results_dir={tmp_path}", f"cache_dir={shared_cache}", *SMOKE)
+    rows = [json.loads(line) for line in (run_dir(tmp_path / "runs", "reviews-tiny-xs-dpo-s0") / "metrics.jsonl")
+            .read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 2, 4]
+    assert set(rows[0]) == {"step", "probe/logps_chosen", "probe/logps_rejected"}
+    view = build_view("paired", group.data.kind, group.data.eval, int(group.cfg.seed))
+    expected = logprob_probe(view, group.pad_id)(load_model(group.sft))  # DPO starts from the SFT stage
+    assert rows[0] == pytest.approx({"step": 0, **expected}, rel=1e-5)
+    assert rows[1]["probe/logps_chosen"] != rows[0]["probe/logps_chosen"]  # training moved it
