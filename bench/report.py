@@ -25,8 +25,8 @@ from bench.sweep import run_rows, status_line, swept_keys
 
 
 def _hyper(row: dict) -> dict:
-    params = {k.removeprefix("config.method."): v for k, v in row.items()
-              if k.startswith("config.method.") and k != "config.method.name"}
+    params = {k.removeprefix("config.method."): v for k, v in row.items()  # the tuned table fed the values
+              if k.startswith("config.method.") and k != "config.method.name" and not k.startswith("config.method.tuned")}
     return {"hyper": ",".join(f"{k}={v}" for k, v in params.items()), **{f"method.{k}": v for k, v in params.items()}}
 
 
