@@ -43,7 +43,7 @@ def sampling_config(cfg, max_new_tokens: int, eos: int, pad: int) -> GenerationC
     return GenerationConfig(
         do_sample=True, num_beams=1, temperature=float(cfg.eval.temperature), top_p=float(cfg.eval.top_p), top_k=0,
         typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0, repetition_penalty=1.0, encoder_repetition_penalty=1.0,
-        no_repeat_ngram_size=0, encoder_no_repeat_ngram_size=0, min_length=0, min_new_tokens=0,
+        no_repeat_ngram_size=0, encoder_no_repeat_ngram_size=0, min_new_tokens=0,
         max_new_tokens=max_new_tokens, num_return_sequences=int(cfg.eval.samples_per_prompt), renormalize_logits=False,
         remove_invalid_values=False, use_cache=True, return_dict_in_generate=False, output_scores=False,
         pad_token_id=pad, eos_token_id=eos)
