@@ -115,20 +115,16 @@ def run_rows(sweep_dir: Path) -> list[dict]:
 
 
 def swept_keys(rows: list[dict]) -> list[str]:
-    """Config keys that take more than one value across runs, besides the seed and the keys that only
-    follow the method (its own hyper-parameters) or the model (its architecture)."""
+    """Config keys that take more than one value among the runs of one (method, model), besides the seed.
+    Keys that only follow the method or the model (its hyper-parameters, its architecture, the values its
+    ``tuned`` table picks per model) are one setting of that (method, model), not a swept axis."""
     keys = sorted({k for r in rows for k in r if k.startswith("config.")})
-    out = []
-    for key in keys:
-        values = {repr(r.get(key)) for r in rows if any(k.startswith("config.") for k in r)}
-        if len(values) < 2 or key in ("config.seed", "config.method.name", "config.model.name"):
-            continue
-        owner = next((o for o in ("method", "model") if key.startswith(f"config.{o}.")), None)
-        if owner and all(len({repr(r.get(key)) for r in rows if r.get(f"config.{owner}.name") == name}) == 1
-                         for name in {r.get(f"config.{owner}.name") for r in rows}):
-            continue
-        out.append(key.removeprefix("config."))
-    return out
+    cells: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if any(k.startswith("config.") for k in r):
+            cells.setdefault((r.get("config.method.name"), r.get("config.model.name")), []).append(r)
+    return [key.removeprefix("config.") for key in keys if key != "config.seed"
+            and any(len({repr(r.get(key)) for r in cell}) > 1 for cell in cells.values())]
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
