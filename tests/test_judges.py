@@ -145,5 +145,5 @@ def test_a_run_with_failing_llm_verdicts_is_marked_partial_and_keeps_everything(
     samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
     assert summary["status"] == "partial" and summary["eval/unjudged"] > 0
     assert len(samples) == 16 and any(s["score"] is None for s in samples) and any(s["score"] for s in samples)
-    assert summary["eval/kl"] is not None and summary["train/step"] == 4  # what was computed is kept
+    assert summary["eval/kl"] is not None and summary["train/step"] == 10  # kept; ORPO: 6 + 4 steps (budget=matched)
     assert "sk-" not in (run / "config.yaml").read_text()

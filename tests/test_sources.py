@@ -173,7 +173,8 @@ def test_hh_rlhf_sample_end_to_end(local_models, tmp_path, method):
     run = next((tmp_path / "runs").iterdir())
     s = json.loads((run / "summary.json").read_text())
     assert s["status"] == "done", s["error"]
-    assert s["train/step"] == 3 and s["data/rows_in"] == 300 and s["eval/judge"] == "reward_model"
+    assert s["train/step"] == (3 if method == "dpo" else 2 + 3)  # ORPO from base: SFT stage's 2 + 3 (budget=matched)
+    assert s["data/rows_in"] == 300 and s["eval/judge"] == "reward_model"
     assert s["eval/n_prompts"] == 8 and s["eval/win_rate_vs_chosen"] is not None
     samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 16 and all(isinstance(x["score"], float) for x in samples)
