@@ -26,6 +26,7 @@ def validate(cfg: DictConfig) -> None:
     if cfg.task.get("n_pairs") is not None and cfg.task.n_pairs < 1:
         raise UserError(f"task.n_pairs must be > 0 (got {cfg.task.n_pairs}): the dataset would be empty")
     check_splits(cfg)
+    check_curve(cfg)
     check_judge(cfg)
     if cfg.task.get("source", "builtin") != "builtin":  # an unreadable file or one without valid rows stops here
         check_data(cfg)
@@ -50,6 +51,21 @@ def check_splits(cfg: DictConfig) -> None:
         raise UserError(f"eval.split={split!r} is not allowed; allowed: eval, val")
     if split == "val" and not cfg.task.get("val_size"):
         raise UserError("eval.split=val needs validation prompts: set task.val_size > 0")
+
+
+def check_curve(cfg: DictConfig) -> None:
+    """Evaluation along training and the best-of-n baseline (bench/curve.py)."""
+    fractions = OmegaConf.select(cfg, "eval.curve.fractions", default=None) or []
+    bad = [f for f in fractions if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 <= f < 1]
+    if bad:
+        raise UserError(f"eval.curve.fractions must be fractions of the run in [0, 1) (got {bad[0]!r}); "
+                        f"the end of the run is always evaluated")
+    k = OmegaConf.select(cfg, "eval.curve.samples_per_prompt", default=1)
+    if fractions and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise UserError(f"eval.curve.samples_per_prompt must be a whole number >= 1 (got {k!r})")
+    n = OmegaConf.select(cfg, "eval.best_of_n", default=0)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise UserError(f"eval.best_of_n must be a whole number of anchor samples >= 0 (got {n!r}); 0 turns it off")
 
 
 def check_data(cfg: DictConfig) -> None:

@@ -13,79 +13,22 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-import torch
 from filelock import FileLock
-from transformers import GenerationConfig
 
 from bench import eval_metrics as em
 from bench.embedder import embed
 from bench.faults import kill_point
-from bench.judges import make_judge
+from bench.curve import best_of_n_rows, curve_rows, point
+from bench.frontier import lc_win_rate
+from bench.judges import gold_for_proxy, make_judge
 from bench.logprobs import score_view
 from bench.pipeline import load_model
 from bench.results import read_json, write_json, write_jsonl
+from bench.sampling import generate
 from bench.views import View, build_view
-
-
-def stream_seed(seed: int, stream: str) -> int:
-    """The seed of one model's sampling stream: the policy's and the anchor's samples share no random
-    numbers, and every method of one seed draws from the same policy stream (common random numbers)."""
-    return int.from_bytes(hashlib.sha256(f"prefbench-eval/{seed}/{stream}".encode()).digest()[:8], "big") >> 1
-
-
-def sampling_config(cfg, max_new_tokens: int, eos: int, pad: int) -> GenerationConfig:
-    """Every setting that shapes the samples, set explicitly: pure ancestral sampling at
-    ``eval.temperature`` (``eval.top_p`` is 1, bench.config), nothing else reweighting the logits."""
-    return GenerationConfig(
-        do_sample=True, num_beams=1, temperature=float(cfg.eval.temperature), top_p=float(cfg.eval.top_p), top_k=0,
-        typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0, repetition_penalty=1.0, encoder_repetition_penalty=1.0,
-        no_repeat_ngram_size=0, encoder_no_repeat_ngram_size=0, min_new_tokens=0,
-        max_new_tokens=max_new_tokens, num_return_sequences=int(cfg.eval.samples_per_prompt), renormalize_logits=False,
-        remove_invalid_values=False, use_cache=True, return_dict_in_generate=False, output_scores=False,
-        pad_token_id=pad, eos_token_id=eos)
-
-
-@contextmanager
-def _no_model_defaults(model):
-    """``model.generate`` fills every setting left unset (None) in the config it is given from the
-    model's own generation_config (a hub model's generation_config.json: min_p, suppress_tokens, ...).
-    Here that is a blank one, so only the given config and the library's neutral defaults apply."""
-    saved, model.generation_config = model.generation_config, GenerationConfig()
-    try:
-        yield
-    finally:
-        model.generation_config = saved
-
-
-@torch.no_grad()
-def generate(model, tokenizer, prompt_ids: list[list[int]], cfg, max_new_tokens: int, seed: int,
-             stream: str = "policy") -> list[list[list[int]]]:
-    """K sampled completions (token ids, through the first eos) for each prompt, drawn from the
-    sampling stream ``stream`` of ``seed`` (stream_seed); the caller's random state is left as it was."""
-    model.eval()
-    device = next(model.parameters()).device
-    k, eos, pad = int(cfg.eval.samples_per_prompt), tokenizer.eos_token_id, tokenizer.pad_token_id
-    config, out = sampling_config(cfg, max_new_tokens, eos, pad), []
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), _no_model_defaults(model):
-        torch.manual_seed(stream_seed(seed, stream))
-        for start in range(0, len(prompt_ids), int(cfg.eval.batch_size)):
-            chunk = prompt_ids[start: start + int(cfg.eval.batch_size)]
-            width = max(map(len, chunk))
-            ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=device)  # left padding
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
-            gen = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)[:, width:].tolist()
-            for i in range(len(chunk)):
-                out.append([_through_eos(g, eos) for g in gen[i * k: (i + 1) * k]])
-    return out
-
-
-def _through_eos(ids: list[int], eos: int) -> list[int]:
-    return ids[: ids.index(eos) + 1] if eos in ids else ids
 
 
 def _anchor_samples(cfg, group, anchor, prompt_ids, max_new_tokens) -> list[list[list[int]]]:
@@ -106,7 +49,8 @@ def _by_prompt(flat: list, k: int) -> list[list]:
     return [flat[i: i + k] for i in range(0, len(flat), k)]
 
 
-def evaluate(cfg, group, model, run_dir: Path) -> dict:
+def evaluate(cfg, group, model, run_dir: Path, step: int | None = None) -> dict:
+    """The run's full evaluation (``step``: the training step it is at, the last point of its curve)."""
     t0 = time.perf_counter()
     ev, k, seed = getattr(group.data, cfg.eval.get("split", "eval")), int(cfg.eval.samples_per_prompt), int(cfg.seed)
     if len(ev) == 0:
@@ -135,22 +79,23 @@ def evaluate(cfg, group, model, run_dir: Path) -> dict:
                 "eval/logps_chosen": float(pol["chosen.sum"].mean()),
                 "eval/logps_rejected": float(pol["rejected.sum"].mean())}
     anchor_ids = _anchor_samples(cfg, group, anchor, prompt_ids, max_new)
-    del anchor
     kill_point("evaluate")
 
     texts = [tok.decode(c, skip_special_tokens=True) for _, c in flat]
     anchor_texts = [tok.decode(c, skip_special_tokens=True) for s in anchor_ids for c in s]
-    judge = make_judge(cfg, group)
+    judge, gold = make_judge(cfg, group), gold_for_proxy(cfg)
     t_judge = time.perf_counter()
     scores = judge.score([prompts[i] for i, _ in flat], texts)
+    gold_scores = gold.score([prompts[i] for i, _ in flat], texts) if gold else None
     anchor_scores = judge.score([p for p in prompts for _ in range(k)], anchor_texts)
     chosen_scores = judge.score(prompts, list(ev["chosen_text"])) if "chosen_text" in ev.column_names else None
     judge_seconds = time.perf_counter() - t_judge
     unjudged = sum(s is None for s in scores + anchor_scores + (chosen_scores or []))
 
     write_jsonl(run_dir / "samples.jsonl", [
-        {"prompt_index": i, "prompt": prompts[i], "response": t, "score": s, "logp": float(lp), "logp_ref": float(lr)}
-        for (i, _), t, s, lp, lr in zip(flat, texts, scores, logp_pi.tolist(), logp_ref.tolist())])
+        {"prompt_index": i, "prompt": prompts[i], "response": t, "response_tokens": len(c), "score": s,
+         **({"gold_score": gold_scores[j]} if gold_scores else {}), "logp": float(lp), "logp_ref": float(lr)}
+        for j, ((i, c), t, s, lp, lr) in enumerate(zip(flat, texts, scores, logp_pi.tolist(), logp_ref.tolist()))])
 
     valid = [s for s in scores if s is not None]
     out |= {"eval/judge": cfg.judge.name, "eval/n_prompts": len(prompts), "eval/samples_per_prompt": k, "eval/unjudged": unjudged,
@@ -168,6 +113,17 @@ def evaluate(cfg, group, model, run_dir: Path) -> dict:
             wr = em.win_rate(*_judged(mine, other), n_boot=int(cfg.eval.bootstrap), seed=seed)
             out |= {f"eval/win_rate_vs_{name}": wr["mean"], f"eval/win_rate_vs_{name}_ci_low": wr["ci_low"],
                     f"eval/win_rate_vs_{name}_ci_high": wr["ci_high"]}
+    anchor_by_prompt = _by_prompt(anchor_scores, k)
+    out |= _length_controlled(mine, anchor_by_prompt, samples, _by_prompt(anchor_ids, k))
+    final = {"step": step, **point(cfg, samples, logp_pi.tolist(), logp_ref.tolist(), scores, anchor_by_prompt,
+                                   gold_scores)}
+    curve = curve_rows(cfg, group, anchor, (judge, gold), run_dir, prompts, anchor_by_prompt, final)
+    bon = best_of_n_rows(cfg, group, anchor, (judge, gold), prompts, prompt_ids, anchor_by_prompt)
+    write_jsonl(run_dir / "best_of_n.jsonl", bon)
+    del anchor
+    out |= {"eval/curve_points": len(curve), "eval/best_of_n_max": bon[-1]["n"] if bon else 0}
+    if gold_scores is not None:
+        out["eval/gold_score_mean"] = _mean(gold_scores)
     if cfg.eval.diversity:
         out["eval/pid"], out["eval/aid"] = em.pid_aid(_by_prompt(list(embed(texts)), k))
     n_params = sum(p.numel() for p in model.parameters())
@@ -185,6 +141,20 @@ def evaluate(cfg, group, model, run_dir: Path) -> dict:
 def _mean(values) -> float | None:
     valid = [v for v in values if v is not None]
     return float(np.mean(valid)) if valid else None
+
+
+def _length_controlled(mine, anchor, samples, anchor_ids) -> dict:
+    """The length-controlled win rate vs the anchor (bench.frontier.lc_win_rate) over every judged
+    (policy sample, anchor sample) pair of a prompt, with the length difference in tokens."""
+    verdicts, diffs = [], []
+    for ms, anc, ps, ac in zip(mine, anchor, samples, anchor_ids):
+        for x, px in zip(ms, ps):
+            for y, py in zip(anc, ac):
+                if x is not None and y is not None:
+                    verdicts.append(1.0 if x > y else 0.5 if x == y else 0.0)
+                    diffs.append(len(px) - len(py))
+    lc = lc_win_rate(verdicts, diffs)
+    return {"eval/lc_win_rate_vs_sft": lc["lc_win_rate"], "eval/length_coef": lc["length_coef"]}
 
 
 def _judged(a: list[list], b: list[list]) -> tuple[list[list], list[list]]:

@@ -185,6 +185,13 @@ def make_judge(cfg: DictConfig, group):
     raise UserError(f"judge.name={name!r} is unknown; allowed: {', '.join(JUDGES)}")
 
 
+def gold_for_proxy(cfg: DictConfig) -> GoldJudge | None:
+    """The gold reward beside a proxy judge (a reward model, bt, an LLM) on a built-in task, so that
+    over-optimisation of the proxy shows against the truth (Gao et al. 2022, Fig. 1); else None."""
+    builtin = cfg.task.get("source", "builtin") == "builtin" and cfg.task.get("builtin")
+    return GoldJudge(cfg.task.builtin) if builtin and cfg.judge.name != "gold" else None
+
+
 def bt_stage(cfg: DictConfig, group) -> Path:
     spec = {"base": group.base, "task": OmegaConf.to_container(cfg.task, resolve=True), "seed": int(cfg.seed),
             "train": OmegaConf.to_container(cfg.judge.train, resolve=True)}

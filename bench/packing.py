@@ -91,3 +91,18 @@ def packed_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor):
     positions = torch.arange(len(row), device=row.device) - starts[row]
     segments = [n for n in lengths.tolist() if n > 0]
     return input_ids[keep][None], positions[None], row, segments
+
+
+@contextmanager
+def unpacked(model):
+    """Padded forwards (generation with the KV cache) inside a packed_attention block: evaluation during training.
+    Only sdpa models are ever packed (can_pack), so sdpa is what the block restores."""
+    _, config = _config(model)
+    if not is_packed(model):
+        yield
+        return
+    config._attn_implementation = "sdpa"
+    try:
+        yield
+    finally:
+        config._attn_implementation = NAME

@@ -34,7 +34,8 @@ def reevaluate(run_dir: Path, overrides: list[str]) -> dict:
     _, start = init_checkpoint(cfg, group, method_from_config(cfg.method))
     model = load_weights(build_policy(cfg, start), run_dir / "checkpoint")
     summary = read_json(run_dir / "summary.json", {})
-    summary = {k: v for k, v in summary.items() if not k.startswith("eval/")} | evaluate(cfg, group, model, run_dir)
+    summary = {k: v for k, v in summary.items() if not k.startswith("eval/")} | evaluate(
+        cfg, group, model, run_dir, summary.get("train/step"))
     summary["status"] = summary.pop("eval_status")
     write_json(run_dir / "summary.json", summary)
     return summary

@@ -18,6 +18,8 @@ from bench.faults import kill_point
 from bench.report_plots import (PLOTS, plot_compute, plot_diversity, plot_logp_dynamics,  # noqa: F401 (the API)
                                 plot_reward_distributions, plot_reward_kl, plot_win_rate_matrix,
                                 plot_win_rate_vs_flops, plot_win_rate_vs_size, win_rate_matrix)
+from bench.report_frontier import frontier_html, ranking_columns
+from bench.report_frontier_plots import FRONTIER_PLOTS
 from bench.report_stats import METHOD_ORDER, done, statistics_html
 from bench.results import read_json, write_atomic
 from bench.stats import collapse_reasons
@@ -116,7 +118,7 @@ def build_report(sweep_dir: str | Path) -> Path:
     sections, table, status = [], "", ""
     figures = []  # (file name, plot function, its table, title, caption)
     if not df.empty and not done(df).empty and "n_params" in df:
-        figures += [(name, plot, df, title, caption) for name, (plot, title, caption, needs) in PLOTS.items()
+        figures += [(name, plot, df, title, caption) for name, (plot, title, caption, needs) in (PLOTS | FRONTIER_PLOTS).items()
                      if needs is None or (needs in df and df[needs].notna().any())]
     if not perf.empty:
         figures.append(("perf", plot_perf, perf, "prefbench vs TRL", PERF_CAPTION))
@@ -142,7 +144,7 @@ def build_report(sweep_dir: str | Path) -> Path:
         status += (f"<p>Swept besides method, model and seed: {html.escape(', '.join(swept))}. Runs are averaged "
                    f"over seeds only; each combination of these values is its own series.</p>" if swept else "")
         if not done(df).empty and "n_params" in df:
-            status += statistics_html(df)
+            status += statistics_html(df, ranking_columns(df)) + frontier_html(df)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>prefbench: {html.escape(sweep_dir.name)}</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}}img{{max-width:100%}}
 table.runs{{border-collapse:collapse;font-size:12px}}table.runs td,table.runs th{{border:1px solid #ccc;padding:2px 5px}}

@@ -124,8 +124,9 @@ def _table(df: pd.DataFrame) -> str:
     return df.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="", classes="runs")
 
 
-def statistics_html(df: pd.DataFrame) -> str:
-    """The report's top: the collapsed-runs warning, Conclusions, and one ranking table per model size."""
+def statistics_html(df: pd.DataFrame, extra: pd.DataFrame | None = None) -> str:
+    """The report's top: the collapsed-runs warning, Conclusions, and one ranking table per model size;
+    ``extra``: more columns for the ranking tables, one row per (series, model)."""
     summary, pairs, models = series_summary(df), pairwise(df), sizes(done(df))
     warn = collapsed_line(df)
     parts = [f"<p class='warn'>{html.escape(warn)}</p>" if warn else ""]
@@ -139,5 +140,7 @@ def statistics_html(df: pd.DataFrame) -> str:
     for model, table in rankings(summary, pairs, models).items():
         table = table[["rank", "series", "mean", "ci_low", "ci_high", "n_seeds", "n_collapsed", "ci_kind",
                        "tied_with"]].rename(columns={"mean": "win rate vs SFT"})
+        if extra is not None and not extra.empty:
+            table = table.merge(extra[extra["model"] == model].drop(columns="model"), on="series", how="left")
         parts.append(f"<h3>Ranking on {html.escape(model)}</h3>" + _table(table))
     return "".join(parts)

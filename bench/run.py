@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from bench import refcache
 from bench.compute import peak_memory_mb, reset_peak_memory, training_cost
 from bench.config import method_from_config, validate
+from bench.curve import CURVE_DIR, CurveSampler
 from bench.errors import UserError
 from bench.evaluate import evaluate
 from bench.faults import kill_point
@@ -78,8 +79,9 @@ def _run_locked(cfg: DictConfig, run_dir: Path) -> dict:
         if previous.get("status") == "done":
             print(f"[prefbench] {run_dir}: done already, skipped")
             return previous
-    if cfg.force and (run_dir / "checkpoint").exists():
-        shutil.rmtree(run_dir / "checkpoint")
+    if cfg.force:
+        for stale in ("checkpoint", CURVE_DIR):
+            shutil.rmtree(run_dir / stale, ignore_errors=True)
     write_atomic(run_dir / "config.yaml", config_text)
     summary = {"status": "running", "run": run_dir.name, "method": cfg.method.name, "model": cfg.model.name,
                "task": cfg.task.name, "seed": int(cfg.seed), "error": None}
@@ -142,7 +144,8 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict:
     probe_view = build_view("paired", group.data.kind, group.data.eval, int(cfg.seed)) \
         if group.data.kind == "paired" else None
     stats = train(model, method, view, run_spec(cfg, init), run_dir, group.pad_id, reference,
-                  logprob_probe(probe_view, group.pad_id) if probe_view else None, desc=run_dir.name)
+                  logprob_probe(probe_view, group.pad_id) if probe_view else None, desc=run_dir.name,
+                  curve=CurveSampler(cfg, group, run_dir))
     n_params = sum(p.numel() for p in model.parameters())
     summary = {
         "init": init, "n_params": n_params,
@@ -155,7 +158,7 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict:
         "cost/sft_stage_seconds": stage_info(group.sft).get("seconds") if init == "sft" else None,
     }
     c0 = time.process_time()
-    summary |= evaluate(cfg, group, model, run_dir)
+    summary |= evaluate(cfg, group, model, run_dir, stats["optimizer_steps"])
     summary["cost/eval_cpu_seconds"] = time.process_time() - c0
     summary |= {"cost/peak_memory_mb": peak_memory_mb(), "cost/peak_memory_how": memory_how}
     return summary

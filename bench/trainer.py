@@ -7,7 +7,8 @@ A non-finite loss or gradient norm stops training before the optimizer step (Non
 A checkpoint carries the cumulative trained tokens, train seconds and last logged metrics, so a
 resumed run reports the cost and metrics of all its steps. With a probe, metrics.jsonl starts with a
 step-0 row holding only the probe of the init model (written when training starts fresh; a resumed run
-keeps the one it has).
+keeps the one it has). A ``curve`` callback (bench.curve) is called with the model at its steps, step 0
+included, outside packed attention and with the random state left as it was, so it changes no trained weight.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from bench.checkpoint import load_checkpoint, save_checkpoint
 from bench.distributed import check_world, gather_batch
 from bench.faults import kill_point
 from bench.logprobs import sequence_logps
-from bench.packing import packed_attention
+from bench.packing import packed_attention, unpacked
 from bench.refcache import ReferenceLogps
 from bench.results import MetricsLog
 from bench.train_metrics import uniform_metrics
@@ -95,6 +96,15 @@ def enable_checkpointing(model) -> None:
         layers[-1].gradient_checkpointing = False
 
 
+def _call_curve(curve, accelerator, model, step: int) -> None:
+    if accelerator.is_main_process:
+        inner = accelerator.unwrap_model(model)
+        with unpacked(inner), torch.random.fork_rng(devices=[]):
+            curve(inner, step)
+        model.train()
+    accelerator.wait_for_everyone()
+
+
 def batch_indices(n: int, batch_size: int, seed: int, micro_step: int, rank: int = 0, world: int = 1,
                   shuffle: bool = True) -> list[int]:
     """Example indices of micro-batch number ``micro_step``: a fresh seeded shuffle every epoch,
@@ -124,9 +134,10 @@ def forward(model, view: View, indices: list[int], pad_id: int, device) -> tuple
 
 
 def train(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, pad_id: int,
-          reference: ReferenceLogps | None = None, probe=None, desc: str = "train") -> dict:
+          reference: ReferenceLogps | None = None, probe=None, desc: str = "train", curve=None) -> dict:
     """Train ``model`` in place; checkpoints and metrics.jsonl go to ``out_dir``. Resumes from
-    ``out_dir/checkpoint`` when one exists. Returns the final metrics and compute statistics."""
+    ``out_dir/checkpoint`` when one exists. ``curve``: called as ``curve(model, step)`` at the steps
+    ``curve.steps(total_steps)`` names (evaluation along training). Returns the final metrics and compute statistics."""
     if method.needs_reference and reference is None:
         raise ValueError(f"method {method.name} needs reference log-probs")
     accelerator = make_accelerator(spec)
@@ -137,6 +148,7 @@ def train(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, pad
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay, fused=True)
     scheduler = get_scheduler(spec.scheduler, optimizer, num_warmup_steps=math.ceil(spec.warmup_ratio * spec.steps),
                               num_training_steps=spec.steps)
+    curve_at = curve.steps(spec.steps) if curve is not None else set()
     start_step, progress = load_checkpoint(out_dir / "checkpoint", model, optimizer, scheduler)
     if spec.gradient_checkpointing:
         enable_checkpointing(model)
@@ -154,6 +166,8 @@ def train(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, pad
             model.train()
             if init_probe and accelerator.is_main_process:
                 log.append({"step": 0} | init_probe)
+        if start_step == 0 and 0 in curve_at:
+            _call_curve(curve, accelerator, model, 0)
         for step in bar:
             t0, c0 = time.perf_counter(), time.process_time()
             step_metrics: list[dict] = []
@@ -204,6 +218,8 @@ def train(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, pad
                 if accelerator.is_main_process:
                     save_checkpoint(out_dir / "checkpoint", accelerator.unwrap_model(model), optimizer, scheduler, done,
                                     {"tokens": tokens, "seconds": elapsed, "cpu_seconds": cpu, "last": last})
+            if done in curve_at and done < spec.steps:  # the end: the run's full evaluation
+                _call_curve(curve, accelerator, model, done)
             kill_point(f"train_step_{done}")
     bar.close()
     model = accelerator.unwrap_model(model)

@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parent.parent
 # The smallest end-to-end setting: a ~0.16M-parameter model, a few steps of everything.
 SMOKE = ["model=tiny-xs", "task.n_pairs=160", "task.corpus_size=200", "task.eval_size=8", "stages.base.steps=15",
          "stages.sft.steps=6", "trainer.steps=4", "trainer.log_every=2", "trainer.checkpoint_every=2",
-         "trainer.progress=false", "eval.samples_per_prompt=2", "eval.diversity=false", "eval.bootstrap=50"]
+         "trainer.progress=false", "eval.samples_per_prompt=2", "eval.diversity=false", "eval.bootstrap=50",
+         "eval.best_of_n=4"]
 
 
 def prefbench(*args, cwd=None, check=True, timeout=600, env=None):

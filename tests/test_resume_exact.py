@@ -62,6 +62,8 @@ def test_kill_then_rerun_gives_the_uninterrupted_summary(point, resumed_from, tm
     assert any(k.startswith("train/") for k in got)
     assert comparable(got) == comparable(expected)
     assert metrics_rows(run) == metrics_rows(uninterrupted)  # no logged step lost or repeated
+    for name in ("curve.jsonl", "best_of_n.jsonl"):  # the points along training, and the baseline
+        assert (run / name).read_text() == (uninterrupted / name).read_text()
     assert got["cost/train_seconds"] > 0
 
 
