@@ -124,6 +124,11 @@ def curve_rows(cfg, group, anchor, judges, run_dir: Path, prompts: list, anchor_
     return rows
 
 
+def curve_seconds(run_dir: Path) -> float:
+    """Wall seconds spent sampling and scoring the policy along training (not counted as training)."""
+    return float(sum(read_json(p).get("seconds", 0.0) for p in (Path(run_dir) / CURVE_DIR).glob("step-*.json")))
+
+
 def best_of_n_rows(cfg, group, anchor, judges, prompts: list, prompt_ids: list, anchor_scores: list[list]) -> list[dict]:
     """The best-of-n baseline of the group's anchor for n = 1, 2, 4, ... up to ``eval.best_of_n``: its analytic
     KL, expected judge score and win rate vs the anchor's evaluation samples (and, for a proxy judge, the

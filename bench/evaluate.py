@@ -5,8 +5,10 @@ KV cache; the policy and the anchor draw from independent seeded streams), judge
 the group's SFT policy and against the dataset's chosen responses; implicit-reward margins and
 accuracy on held-out pairs and KL(pi_T || pi_anchor,T) with a bootstrap CI over prompts, both against
 the group's anchor (its SFT policy), so reference-free methods are measured on the same scale (the KL
-under the temperature-T distributions the samples were drawn from); lexical diversity; compute cost.
-Writes samples.jsonl; returns flat summary keys (documented in the README).
+under the temperature-T distributions the samples were drawn from); lexical diversity; the length-controlled
+win rate; compute cost. The points sampled along training become curve.jsonl, and the group's best-of-n
+baseline best_of_n.jsonl (bench.curve). Writes samples.jsonl and prompts.jsonl; returns flat summary keys
+(documented in the README).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from filelock import FileLock
 from bench import eval_metrics as em
 from bench.embedder import embed
 from bench.faults import kill_point
-from bench.curve import best_of_n_rows, curve_rows, point
+from bench.curve import best_of_n_rows, curve_rows, curve_seconds, point
 from bench.frontier import lc_win_rate
 from bench.judges import gold_for_proxy, make_judge
 from bench.logprobs import score_view
@@ -121,7 +123,8 @@ def evaluate(cfg, group, model, run_dir: Path, step: int | None = None) -> dict:
     bon = best_of_n_rows(cfg, group, anchor, (judge, gold), prompts, prompt_ids, anchor_by_prompt)
     write_jsonl(run_dir / "best_of_n.jsonl", bon)
     del anchor
-    out |= {"eval/curve_points": len(curve), "eval/best_of_n_max": bon[-1]["n"] if bon else 0}
+    out |= {"eval/curve_points": len(curve), "eval/best_of_n_max": bon[-1]["n"] if bon else 0,
+            "cost/curve_sample_seconds": curve_seconds(run_dir)}
     if gold_scores is not None:
         out["eval/gold_score_mean"] = _mean(gold_scores)
     if cfg.eval.diversity:

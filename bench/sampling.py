@@ -48,7 +48,8 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], cfg, max_new_tokens:
              stream: str = "policy", k: int | None = None) -> list[list[list[int]]]:
     """``k`` (default ``eval.samples_per_prompt``) sampled completions (token ids, through the first eos) for
     each prompt, drawn from the sampling stream ``stream`` of ``seed`` (stream_seed); the caller's random state
-    is left as it was."""
+    is left as it was. A generate call holds ``eval.batch_size`` x ``eval.samples_per_prompt`` sequences, so
+    a larger k takes fewer prompts per call (a wide KV cache costs more per sequence on a CPU)."""
     model.eval()
     device = next(model.parameters()).device
     k, eos, pad = k or int(cfg.eval.samples_per_prompt), tokenizer.eos_token_id, tokenizer.pad_token_id
@@ -56,8 +57,9 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], cfg, max_new_tokens:
     devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), _no_model_defaults(model):
         torch.manual_seed(stream_seed(seed, stream))
-        for start in range(0, len(prompt_ids), int(cfg.eval.batch_size)):
-            chunk = prompt_ids[start: start + int(cfg.eval.batch_size)]
+        per_call = max(1, int(cfg.eval.batch_size) * int(cfg.eval.samples_per_prompt) // k)
+        for start in range(0, len(prompt_ids), per_call):
+            chunk = prompt_ids[start: start + per_call]
             width = max(map(len, chunk))
             ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=device)  # left padding
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)

@@ -11,7 +11,7 @@ from bench.frontier import bon_kl
 from tests.conftest import SMOKE, prefbench, run_dir
 
 ARGS = ["run", "method=dpo", *(a for a in SMOKE if not a.startswith("trainer.steps=")), "trainer.steps=8",
-        "eval.best_of_n=8"]  # curve at steps 0, 1, 2, 4
+        "eval.best_of_n=8", "eval.curve.fractions=[0,0.125,0.25,0.5]"]  # curve at steps 0, 1, 2, 4
 
 
 def rows(path):
@@ -32,7 +32,7 @@ def test_a_run_is_a_curve_ending_at_its_full_evaluation(runs):
     run = runs["curve"]
     curve, summary = rows(run / "curve.jsonl"), json.loads((run / "summary.json").read_text())
     assert [r["step"] for r in curve] == [0, 1, 2, 4, 8]
-    assert summary["eval/curve_points"] == 5
+    assert summary["eval/curve_points"] == 5 and summary["cost/curve_sample_seconds"] > 0
     assert curve[0]["kl"] == 0.0  # step 0 of a DPO run is the SFT stage: the anchor itself
     last = curve[-1]
     assert last["kl"] == pytest.approx(summary["eval/kl"], abs=1e-9)

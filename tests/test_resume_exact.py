@@ -13,7 +13,8 @@ from tests.conftest import SMOKE, prefbench, run_dir
 TIMING_KEYS = {"wall_seconds", "cost/train_seconds", "cost/train_tokens_per_s", "train/tokens_per_s",
                "cost/base_stage_seconds", "cost/sft_stage_seconds", "cost/eval_seconds", "cost/generate_seconds",
                "cost/generate_tokens_per_s", "cost/judge_seconds", "cost/peak_memory_mb",
-               "cost/train_cpu_seconds", "cost/total_train_cpu_seconds", "cost/eval_cpu_seconds"}
+               "cost/train_cpu_seconds", "cost/total_train_cpu_seconds", "cost/eval_cpu_seconds",
+               "cost/curve_sample_seconds"}
 # Bookkeeping of how the result was reached, not what it is: the step training resumed from, and
 # whether the reference log-probs came from the cache.
 BOOKKEEPING_KEYS = {"resumed_from_step", "reference_cache_hit"}
