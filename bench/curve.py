@@ -16,20 +16,18 @@ log n - (n-1)/n and its expected score and win rate come from order statistics (
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from filelock import FileLock
 from omegaconf import OmegaConf
 
 from bench import eval_metrics as em
 from bench import frontier
 from bench.logprobs import score_view
 from bench.results import read_json, write_json, write_jsonl
+from bench.stages import cached_json
 from bench.sampling import generate
 from bench.views import View
 
@@ -137,22 +135,18 @@ def best_of_n_rows(cfg, group, anchor, judges, prompts: list, prompt_ids: list, 
     if m < 1 or not prompt_ids:
         return []
     judge, gold = judges
-    key = hashlib.sha256(json.dumps([prompt_ids, dict(cfg.eval), int(cfg.task.max_new_tokens), int(cfg.seed),
-                                     OmegaConf.to_container(cfg.judge, resolve=True), anchor_scores, "best_of_n"],
-                                    default=str).encode()).hexdigest()[:12]
-    path = Path(cfg.cache_dir) / "best_of_n" / f"{Path(group.sft).name}-{key}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
-        cached = read_json(path)
-        if cached is None:
-            samples = generate(anchor, group.tokenizer, prompt_ids, cfg, int(cfg.task.max_new_tokens), int(cfg.seed),
-                               "best_of_n", k=m)
-            texts = [group.tokenizer.decode(c, skip_special_tokens=True) for s in samples for c in s]
-            flat_prompts = [p for p in prompts for _ in range(m)]
-            scores, golds = judge.score(flat_prompts, texts), gold.score(flat_prompts, texts) if gold else None
-            write_json(path, _bon_table(scores, golds, anchor_scores, m))
-            cached = read_json(path)  # the same rows, key order included, as a later cache hit gets
-    return cached
+
+    def build() -> list[dict]:
+        samples = generate(anchor, group.tokenizer, prompt_ids, cfg, int(cfg.task.max_new_tokens), int(cfg.seed),
+                           "best_of_n", k=m)
+        texts = [group.tokenizer.decode(c, skip_special_tokens=True) for s in samples for c in s]
+        flat_prompts = [p for p in prompts for _ in range(m)]
+        scores, golds = judge.score(flat_prompts, texts), gold.score(flat_prompts, texts) if gold else None
+        return _bon_table(scores, golds, anchor_scores, m)
+
+    return cached_json(cfg.cache_dir, "best_of_n", Path(group.sft).name,
+                       [prompt_ids, dict(cfg.eval), int(cfg.task.max_new_tokens), int(cfg.seed),
+                        OmegaConf.to_container(cfg.judge, resolve=True), anchor_scores, "best_of_n"], build)
 
 
 def _bon_table(scores, golds, anchor_scores, m: int) -> list[dict]:

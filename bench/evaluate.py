@@ -12,13 +12,10 @@ baseline best_of_n.jsonl (bench.curve). Writes samples.jsonl and prompts.jsonl; 
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from pathlib import Path
 
 import numpy as np
-from filelock import FileLock
 
 from bench import eval_metrics as em
 from bench.embedder import embed
@@ -28,23 +25,17 @@ from bench.frontier import lc_win_rate
 from bench.judges import gold_for_proxy, make_judge
 from bench.logprobs import score_view
 from bench.pipeline import load_model
-from bench.results import read_json, write_json, write_jsonl
+from bench.results import write_jsonl
 from bench.sampling import generate
+from bench.stages import cached_json
 from bench.views import View, build_view
 
 
 def _anchor_samples(cfg, group, anchor, prompt_ids, max_new_tokens) -> list[list[list[int]]]:
     """The anchor's samples for the eval prompts, generated once per group and cached."""
-    key = hashlib.sha256(json.dumps([prompt_ids, dict(cfg.eval), max_new_tokens, int(cfg.seed), "anchor"],
-                                    default=str).encode()).hexdigest()[:12]
-    path = Path(cfg.cache_dir) / "anchor_samples" / f"{Path(group.sft).name}-{key}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
-        cached = read_json(path)
-        if cached is None:
-            cached = generate(anchor, group.tokenizer, prompt_ids, cfg, max_new_tokens, int(cfg.seed), "anchor")
-            write_json(path, cached)
-    return cached
+    return cached_json(cfg.cache_dir, "anchor_samples", Path(group.sft).name,
+                       [prompt_ids, dict(cfg.eval), max_new_tokens, int(cfg.seed), "anchor"],
+                       lambda: generate(anchor, group.tokenizer, prompt_ids, cfg, max_new_tokens, int(cfg.seed), "anchor"))
 
 
 def _by_prompt(flat: list, k: int) -> list[list]:

@@ -29,11 +29,10 @@ def plot_frontier(df: pd.DataFrame) -> plt.Figure:
     for ax, model in zip(axes[0], models):
         c = curves[curves["model"] == model] if not curves.empty else curves
         anchor = float(done(df)[done(df)["model"] == model]["eval/anchor_score_mean"].mean())
-        for method in dict.fromkeys(s.split(" [")[0] for s in series_order(c)) if not c.empty else []:
-            g = c[(c["method"] == method) & ~c["collapsed"].fillna(False).astype(bool)]
+        for i, method in enumerate(dict.fromkeys(s.split(" [")[0] for s in series_order(c)) if not c.empty else []):
+            g, color = c[(c["method"] == method) & ~c["collapsed"].fillna(False).astype(bool)], f"C{i}"
             mean = g.groupby(["series", "step"])[["d", "score_mean"]].mean()
-            dots = ax.scatter(g["d"], g["score_mean"], s=8, alpha=0.25)
-            color = dots.get_facecolor()[0]
+            ax.scatter(g["d"], g["score_mean"], s=8, alpha=0.25, color=color, lw=0)
             ax.scatter(mean["d"], mean["score_mean"], s=22, color=color, label=method)
             _envelope(ax, mean["d"], mean["score_mean"], color=color, lw=1.5)
             _fit_line(ax, fit, method, model, anchor, mean["d"].max(), color)

@@ -20,6 +20,19 @@ def stage_key(kind: str, spec: dict) -> str:
     return f"{kind}-{digest[:12]}"
 
 
+def cached_json(cache_dir: str | Path, kind: str, name: str, key_parts: list, build: Callable[[], object]):
+    """A JSON result that a group's runs share (the anchor's samples, best-of-n), in ``kind/NAME-<digest of
+    key_parts>.json``: built by the first run that asks, behind a file lock, and always returned as read back
+    from the file, so a build and a later cache hit give the same object."""
+    key = hashlib.sha256(json.dumps(key_parts, default=str).encode()).hexdigest()[:12]
+    path = Path(cache_dir) / kind / f"{name}-{key}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if not path.exists():
+            write_json(path, build())
+        return read_json(path)
+
+
 def build_stage(cache_dir: str | Path, kind: str, spec: dict, build: Callable[[Path], dict | None]) -> Path:
     """The folder of stage ``kind`` defined by ``spec``; ``build(tmp_dir)`` fills it on a miss and may
     return statistics, kept in stage.json with the spec and the build time."""
