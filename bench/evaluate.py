@@ -107,7 +107,7 @@ def evaluate(cfg, group, model, run_dir: Path, step: int | None = None) -> dict:
             out |= {f"eval/win_rate_vs_{name}": wr["mean"], f"eval/win_rate_vs_{name}_ci_low": wr["ci_low"],
                     f"eval/win_rate_vs_{name}_ci_high": wr["ci_high"]}
     anchor_by_prompt = _by_prompt(anchor_scores, k)
-    out |= _length_controlled(mine, anchor_by_prompt, samples, _by_prompt(anchor_ids, k))
+    out |= _length_controlled(mine, anchor_by_prompt, samples, anchor_ids)
     final = {"step": step, **point(cfg, samples, logp_pi.tolist(), logp_ref.tolist(), scores, anchor_by_prompt,
                                    gold_scores)}
     curve = curve_rows(cfg, group, anchor, (judge, gold), run_dir, prompts, anchor_by_prompt, final)
@@ -139,7 +139,8 @@ def _mean(values) -> float | None:
 
 def _length_controlled(mine, anchor, samples, anchor_ids) -> dict:
     """The length-controlled win rate vs the anchor (bench.frontier.lc_win_rate) over every judged
-    (policy sample, anchor sample) pair of a prompt, with the length difference in tokens."""
+    (policy sample, anchor sample) pair of a prompt, with the length difference in tokens. Per prompt:
+    ``mine``/``anchor`` the judge scores, ``samples``/``anchor_ids`` the token ids of the same samples."""
     verdicts, diffs = [], []
     for ms, anc, ps, ac in zip(mine, anchor, samples, anchor_ids):
         for x, px in zip(ms, ps):
@@ -148,7 +149,7 @@ def _length_controlled(mine, anchor, samples, anchor_ids) -> dict:
                     verdicts.append(1.0 if x > y else 0.5 if x == y else 0.0)
                     diffs.append(len(px) - len(py))
     lc = lc_win_rate(verdicts, diffs)
-    return {"eval/lc_win_rate_vs_sft": lc["lc_win_rate"], "eval/length_coef": lc["length_coef"]}
+    return {"eval/lc_win_rate_vs_sft": lc["lc_win_rate"], "eval/length_coef": lc["length_coef"], "eval/lc_pairs": lc["n"]}
 
 
 def _judged(a: list[list], b: list[list]) -> tuple[list[list], list[list]]:

@@ -38,6 +38,8 @@ def test_a_run_is_a_curve_ending_at_its_full_evaluation(runs):
     assert last["kl"] == pytest.approx(summary["eval/kl"], abs=1e-9)
     assert last["score_mean"] == pytest.approx(summary["eval/score_mean"], abs=1e-9)
     assert last["win_rate_vs_sft"] == pytest.approx(summary["eval/win_rate_vs_sft"], abs=1e-9)
+    k = summary["eval/samples_per_prompt"]  # the LC GLM sees every (policy, anchor) pair of every prompt
+    assert summary["eval/lc_pairs"] == summary["eval/n_prompts"] * k * k and 0 < summary["eval/lc_win_rate_vs_sft"] < 1
     for r in curve:
         assert r["kl_ci_low"] <= r["kl"] <= r["kl_ci_high"] and 0 <= r["win_rate_vs_sft"] <= 1
         assert r["response_tokens_mean"] > 0
