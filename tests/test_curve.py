@@ -7,6 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from bench.cli import compose_config
+from bench.config import validate
+from bench.errors import UserError
 from bench.frontier import bon_kl
 from tests.conftest import SMOKE, prefbench, run_dir
 
@@ -68,10 +71,13 @@ def test_best_of_n_has_the_analytic_kl_and_improves_on_the_anchor(runs):
 
 
 def test_curve_settings_are_validated():
-    for bad, words in (("eval.curve.fractions=[0.5,1.0]", "eval.curve.fractions"),
+    for bad, words in (("eval.curve.fractions=[1.0]", "eval.curve.fractions"),
+                       ("eval.curve.fractions=[x]", "eval.curve.fractions"),
+                       ("eval.curve.samples_per_prompt=0", "eval.curve.samples_per_prompt"),
                        ("eval.best_of_n=-1", "eval.best_of_n")):
-        proc = prefbench("run", *SMOKE, bad, check=False)
-        assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr
+        with pytest.raises(UserError, match=words.replace(".", r"\.")):
+            validate(compose_config([*SMOKE, bad]))
+    validate(compose_config([*SMOKE, "eval.curve.fractions=[]", "eval.best_of_n=0"]))
 
 
 def test_a_proxy_judge_on_a_builtin_task_also_records_the_gold_score(tmp_path, shared_cache):

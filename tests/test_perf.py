@@ -4,9 +4,12 @@ import csv
 import json
 import re
 
+import pytest
+
 from tests.conftest import prefbench
 
 
+@pytest.mark.slow  # a TRL benchmark end to end: `python -m pytest -m slow`
 def test_perf_prints_and_saves_a_table(tmp_path):
     out = prefbench("perf", "methods=[sft,dpo,kto]", "steps=2", "reps=1", "batch_size=2", "seq_len=256", "hidden=32",
                     "layers=1", "vocab=1024", "profile=true", f"out={tmp_path}").stdout

@@ -101,6 +101,7 @@ def test_report_shows_missing_runs(tmp_path, shared_cache):
     assert line in proc.stdout and line in (sweep / "report" / "index.html").read_text()
 
 
+@pytest.mark.slow  # another launcher end to end: `python -m pytest -m slow`
 def test_submitit_local_launcher(tmp_path, shared_cache):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     prefbench("sweep", "hydra/launcher=submitit_local", "method=sft,orpo", f"results_dir={tmp_path}", "sweep_name=sub",
@@ -109,6 +110,7 @@ def test_submitit_local_launcher(tmp_path, shared_cache):
     assert list((tmp_path / "sub" / ".submitit").glob("*/*_log.out"))  # really went through submitit
 
 
+@pytest.mark.slow  # another launcher end to end: `python -m pytest -m slow`
 def test_ray_launcher_on_a_local_instance(tmp_path, shared_cache):
     pytest.importorskip("hydra_plugins.hydra_ray_launcher")
     prefbench("sweep", "hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2", "+hydra.launcher.ray.init.include_dashboard=false",
