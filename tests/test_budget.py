@@ -9,7 +9,7 @@ from bench.compute import training_cost
 from bench.config import validate
 from bench.errors import UserError
 from bench.pipeline import prepare
-from tests.conftest import SMOKE, prefbench, run_dir
+from tests.conftest import SMOKE, prefbench
 
 
 def test_training_cost_adds_the_init_stage():
@@ -22,20 +22,21 @@ def test_training_cost_adds_the_init_stage():
     assert training_cost(10, run, None)["cost/total_train_flops"] == 6 * 10 * 1000
 
 
-@pytest.mark.parametrize("budget, orpo_steps", [("matched", 10), ("per_stage", 4)])
-def test_matched_budget_gives_equal_steps_from_base(tmp_path, shared_cache, budget, orpo_steps):
+def test_matched_budget_gives_equal_steps_from_base(tmp_path, shared_cache):
     """SMOKE: SFT stage 6 steps, trainer 4 steps. DPO trains 4 from the SFT stage (10 from base); with
-    budget=matched SFT and ORPO train 10 from base, with per_stage 4."""
-    prefbench("sweep", "method=sft,dpo,orpo", f"budget={budget}", f"results_dir={tmp_path}", "sweep_name=b",
+    budget=matched SFT and ORPO train 10 from base, with per_stage 4. One multirun over both budgets."""
+    prefbench("sweep", "method=sft,dpo,orpo", "budget=matched,per_stage", f"results_dir={tmp_path}", "sweep_name=b",
               f"cache_dir={shared_cache}", *SMOKE)
-    runs = {m: json.loads((run_dir(tmp_path / "b", f"reviews-tiny-xs-{m}-s0") / "summary.json").read_text())
-            for m in ("sft", "dpo", "orpo")}
-    assert runs["dpo"]["cost/optimizer_steps"] == 4 and runs["dpo"]["cost/total_optimizer_steps"] == 10
-    assert runs["dpo"]["cost/total_train_flops"] > runs["dpo"]["cost/train_flops"]
-    for m in ("sft", "orpo"):
-        assert runs[m]["cost/optimizer_steps"] == runs[m]["cost/total_optimizer_steps"] == orpo_steps
-        assert runs[m]["train/step"] == orpo_steps
-    assert all(r["cost/train_cpu_seconds"] > 0 and r["cost/eval_cpu_seconds"] > 0 for r in runs.values())
+    for budget, orpo_steps in (("matched", 10), ("per_stage", 4)):
+        runs = {json.loads((p / "summary.json").read_text())["method"]: json.loads((p / "summary.json").read_text())
+                for p in (tmp_path / "b").glob("reviews-tiny-xs-*") if f"budget: {budget}\n" in (p / "config.yaml").read_text()}
+        assert {r["method"] for r in runs.values()} == {"sft", "dpo", "orpo"}
+        assert runs["dpo"]["cost/optimizer_steps"] == 4 and runs["dpo"]["cost/total_optimizer_steps"] == 10
+        assert runs["dpo"]["cost/total_train_flops"] > runs["dpo"]["cost/train_flops"]
+        for m in ("sft", "orpo"):
+            assert runs[m]["cost/optimizer_steps"] == runs[m]["cost/total_optimizer_steps"] == orpo_steps, budget
+            assert runs[m]["train/step"] == orpo_steps
+        assert all(r["cost/train_cpu_seconds"] > 0 and r["cost/eval_cpu_seconds"] > 0 for r in runs.values())
 
 
 def test_matched_budget_needs_one_unit():
