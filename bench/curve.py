@@ -74,15 +74,9 @@ class CurveSampler:
                           "seconds": time.perf_counter() - t0})
 
 
-def _judged_win(mine: list[list], anchor: list[list]) -> float:
-    wins = [em.prompt_win_rates([a], [b])[0] for a, b in
-            (([x for x in m if x is not None], [y for y in o if y is not None]) for m, o in zip(mine, anchor)) if a and b]
-    return float(np.mean(wins)) if wins else float("nan")
-
-
-def _mean(values) -> float | None:
-    valid = [v for v in values if v is not None]
-    return float(np.mean(valid)) if valid else None
+def _win(mine: list[list], anchor: list[list]) -> float:
+    wins = em.prompt_win_rates(*em.judged(mine, anchor))
+    return float(wins.mean()) if len(wins) else float("nan")
 
 
 def point(cfg, samples, logp, logp_ref, scores, anchor_scores, gold_scores=None) -> dict:
@@ -92,9 +86,9 @@ def point(cfg, samples, logp, logp_ref, scores, anchor_scores, gold_scores=None)
     diff = np.asarray(logp, float) - np.asarray(logp_ref, float)
     lo, hi = em.bootstrap_ci(em.prompt_means(diff, k), int(cfg.eval.bootstrap), int(cfg.seed))
     row = {"kl": float(diff.mean()) if len(diff) else float("nan"), "kl_ci_low": lo, "kl_ci_high": hi,
-           "score_mean": _mean(scores), "win_rate_vs_sft": _judged_win([scores[i: i + k] for i in range(0, len(scores), k)], anchor_scores),
+           "score_mean": em.judged_mean(scores), "win_rate_vs_sft": _win([scores[i: i + k] for i in range(0, len(scores), k)], anchor_scores),
            "response_tokens_mean": float(np.mean([len(c) for s in samples for c in s]))}
-    return row | ({"gold_score_mean": _mean(gold_scores)} if gold_scores is not None else {})
+    return row | ({"gold_score_mean": em.judged_mean(gold_scores)} if gold_scores is not None else {})
 
 
 def curve_rows(cfg, group, anchor, judges, run_dir: Path, prompts: list, anchor_scores: list[list],

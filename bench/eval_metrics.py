@@ -6,6 +6,19 @@ from collections.abc import Sequence
 import numpy as np
 
 
+def judged(a: Sequence[Sequence], b: Sequence[Sequence]) -> tuple[list[list], list[list]]:
+    """Per prompt, the judged samples of A and B (None = unjudged dropped), leaving out prompts with none on a side."""
+    pairs = [([x for x in sa if x is not None], [y for y in sb if y is not None]) for sa, sb in zip(a, b)]
+    pairs = [(sa, sb) for sa, sb in pairs if sa and sb]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def judged_mean(values) -> float | None:
+    """The mean of the judged values (None = unjudged), or None when there is none."""
+    valid = [v for v in values if v is not None]
+    return float(np.mean(valid)) if valid else None
+
+
 def prompt_win_rates(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> np.ndarray:
     """Per prompt p: the fraction of (sample of A, sample of B) pairs where A scores higher, ties 1/2."""
     out = []

@@ -94,8 +94,8 @@ def evaluate(cfg, group, model, run_dir: Path, step: int | None = None) -> dict:
     out |= {"eval/judge": cfg.judge.name, "eval/n_prompts": len(prompts), "eval/samples_per_prompt": k, "eval/unjudged": unjudged,
             "eval/score_mean": float(np.mean(valid)) if valid else None,
             "eval/score_std": float(np.std(valid)) if valid else None,
-            "eval/anchor_score_mean": _mean(anchor_scores),
-            "eval/chosen_score_mean": _mean(chosen_scores or []),
+            "eval/anchor_score_mean": em.judged_mean(anchor_scores),
+            "eval/chosen_score_mean": em.judged_mean(chosen_scores or []),
             "eval/kl": em.kl_estimate(logp_pi, logp_ref), "eval/kl_ci_low": kl_low, "eval/kl_ci_high": kl_high,
             "eval/response_tokens_mean": gen_tokens / max(len(flat), 1),
             "eval/distinct_1": em.distinct_n(texts, 1), "eval/distinct_2": em.distinct_n(texts, 2)}
@@ -103,7 +103,7 @@ def evaluate(cfg, group, model, run_dir: Path, step: int | None = None) -> dict:
     for name, other in (("sft", _by_prompt(anchor_scores, k)),
                         ("chosen", [[s] for s in chosen_scores] if chosen_scores else None)):
         if other is not None:
-            wr = em.win_rate(*_judged(mine, other), n_boot=int(cfg.eval.bootstrap), seed=seed)
+            wr = em.win_rate(*em.judged(mine, other), n_boot=int(cfg.eval.bootstrap), seed=seed)
             out |= {f"eval/win_rate_vs_{name}": wr["mean"], f"eval/win_rate_vs_{name}_ci_low": wr["ci_low"],
                     f"eval/win_rate_vs_{name}_ci_high": wr["ci_high"]}
     anchor_by_prompt = _by_prompt(anchor_scores, k)
@@ -117,7 +117,7 @@ def evaluate(cfg, group, model, run_dir: Path, step: int | None = None) -> dict:
     out |= {"eval/curve_points": len(curve), "eval/best_of_n_max": bon[-1]["n"] if bon else 0,
             "cost/curve_sample_seconds": curve_seconds(run_dir)}
     if gold_scores is not None:
-        out["eval/gold_score_mean"] = _mean(gold_scores)
+        out["eval/gold_score_mean"] = em.judged_mean(gold_scores)
     if cfg.eval.diversity:
         out["eval/pid"], out["eval/aid"] = em.pid_aid(_by_prompt(list(embed(texts)), k))
     n_params = sum(p.numel() for p in model.parameters())
@@ -130,11 +130,6 @@ def evaluate(cfg, group, model, run_dir: Path, step: int | None = None) -> dict:
     write_jsonl(run_dir / "prompts.jsonl", _prompt_rows(mine, _by_prompt(anchor_scores, k), chosen_scores,
                                                         _by_prompt((logp_pi - logp_ref).tolist(), k), samples))
     return out
-
-
-def _mean(values) -> float | None:
-    valid = [v for v in values if v is not None]
-    return float(np.mean(valid)) if valid else None
 
 
 def _length_controlled(mine, anchor, samples, anchor_ids) -> dict:
@@ -150,13 +145,6 @@ def _length_controlled(mine, anchor, samples, anchor_ids) -> dict:
                     diffs.append(len(px) - len(py))
     lc = lc_win_rate(verdicts, diffs)
     return {"eval/lc_win_rate_vs_sft": lc["lc_win_rate"], "eval/length_coef": lc["length_coef"], "eval/lc_pairs": lc["n"]}
-
-
-def _judged(a: list[list], b: list[list]) -> tuple[list[list], list[list]]:
-    """Drop unjudged samples, and prompts left with none on either side."""
-    pairs = [([x for x in sa if x is not None], [y for y in sb if y is not None]) for sa, sb in zip(a, b)]
-    pairs = [(sa, sb) for sa, sb in pairs if sa and sb]
-    return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
 def _prompt_rows(mine, anchor, chosen, kl_by_prompt, samples) -> list[dict]:

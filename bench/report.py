@@ -44,8 +44,9 @@ def load_runs(sweep_dir: str | Path) -> pd.DataFrame:
     swept = swept_keys(rows)
     for row in rows:
         row |= _hyper(row)
-        variant = ",".join(f"{k}={row.get('config.' + k)}" for k in swept  # a key this method lacks says nothing
-                           if row.get("config." + k) is not None and row.get("config." + k) == row.get("config." + k))
+        values = {k: row.get("config." + k) for k in swept}
+        variant = ",".join(f"{k}={v}" for k, v in values.items()  # a key this method lacks is None or NaN
+                           if v is not None and not (isinstance(v, float) and v != v))
         row["series"] = f"{row.get('method')} [{variant}]" if variant else row.get("method")
     df = pd.DataFrame(rows)
     reasons = collapse_reasons(df).where(df["status"].isin(["done", "partial"]), "") if "status" in df else ""
