@@ -20,7 +20,7 @@ from bench.report_plots import (PLOTS, plot_compute, plot_diversity, plot_logp_d
                                 plot_win_rate_vs_flops, plot_win_rate_vs_size, win_rate_matrix)
 from bench.report_frontier import frontier_html, ranking_columns
 from bench.report_frontier_plots import FRONTIER_PLOTS
-from bench.report_stats import METHOD_ORDER, done, statistics_html
+from bench.report_stats import METHOD_ORDER, done, pairwise, statistics_html
 from bench.results import read_json, write_atomic
 from bench.stats import collapse_reasons
 from bench.sweep import run_rows, status_line, swept_keys
@@ -109,7 +109,8 @@ def _html_table(df: pd.DataFrame) -> str:
 
 
 def build_report(sweep_dir: str | Path) -> Path:
-    """Write runs.csv, runs.parquet, report/*.png and report/index.html; returns index.html's path.
+    """Write runs.csv, runs.parquet, report/*.png, report/pairs.csv (``report_stats.pairwise``) and
+    report/index.html; returns index.html's path.
     ``prefbench perf`` results in the folder (or its perf/ subfolder) get a section and perf.csv."""
     sweep_dir = Path(sweep_dir)
     df, perf = load_runs(sweep_dir), load_perf(sweep_dir)
@@ -146,7 +147,9 @@ def build_report(sweep_dir: str | Path) -> Path:
         status += (f"<p>Swept besides method, model and seed: {html.escape(', '.join(swept))}. Runs are averaged "
                    f"over seeds only; each combination of these values is its own series.</p>" if swept else "")
         if not done(df).empty and "n_params" in df:
-            status += statistics_html(df, ranking_columns(df)) + frontier_html(df)
+            pairs = pairwise(df)
+            write_atomic(out / "pairs.csv", pairs.to_csv(index=False))
+            status += statistics_html(df, pairs, ranking_columns(df)) + frontier_html(df)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>prefbench: {html.escape(sweep_dir.name)}</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}}img{{max-width:100%}}
 table.runs{{border-collapse:collapse;font-size:12px}}table.runs td,table.runs th{{border:1px solid #ccc;padding:2px 5px}}

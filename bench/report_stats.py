@@ -95,8 +95,7 @@ def pairwise(df: pd.DataFrame, other: str = "sft", n_boot: int = N_BOOT) -> pd.D
     for model in sorted({m for _, m in values}):
         per_series = {s: v for (s, m), v in values.items() if m == model and _resamplable(v)}
         tables.append(stats.pairwise_table(per_series, n_boot).assign(model=model))
-    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(
-        columns=["a", "b", "p_a_beats_b", "diff", "diff_low", "diff_high", "distinguishable", "model"])
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=stats.PAIR_COLUMNS + ["model"])
 
 
 def _resamplable(per_seed: dict) -> bool:
@@ -124,16 +123,18 @@ def _table(df: pd.DataFrame) -> str:
     return df.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="", classes="runs")
 
 
-def statistics_html(df: pd.DataFrame, extra: pd.DataFrame | None = None) -> str:
-    """The report's top: the collapsed-runs warning, Conclusions, and one ranking table per model size;
-    ``extra``: more columns for the ranking tables, one row per (series, model)."""
-    summary, pairs, models = series_summary(df), pairwise(df), sizes(done(df))
+def statistics_html(df: pd.DataFrame, pairs: pd.DataFrame, extra: pd.DataFrame | None = None) -> str:
+    """The report's top: the collapsed-runs warning, Conclusions, and one ranking table per model size.
+    ``pairs``: ``pairwise(df)``; ``extra``: more columns for the ranking tables, one row per (series, model)."""
+    summary, models = series_summary(df), sizes(done(df))
     warn = collapsed_line(df)
     parts = [f"<p class='warn'>{html.escape(warn)}</p>" if warn else ""]
     words = stats.conclusions(summary, pairs, models)
-    method = ("95% CIs: two-stage bootstrap over seeds, then prompts within each seed (Davison &amp; Hinkley "
-              "1997 section 3.8). Two series are tied when the CI of their difference contains 0. Win rates are "
-              "against each seed's SFT policy (the anchor), ties 1/2.")
+    kinds = sorted(set(pairs["interval"]) - {""}) if "interval" in pairs else []
+    method = ("A series' 95% CI: two-stage bootstrap over seeds, then prompts within each seed (Davison &amp; "
+              "Hinkley 1997 section 3.8). Two series are tied when the simultaneous 95% CI of their difference, "
+              "over all pairs of the size, contains 0 (" + html.escape("; ".join(kinds) or "none") + "; Tukey "
+              "1953, Kramer 1956). Win rates are against each seed's SFT policy (the anchor), ties 1/2.")
     parts.append("<h2>Conclusions</h2><p>" + method + "</p>"
                  + ("<ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in words) + "</ul>" if words
                     else "<p>No win-rate estimates to conclude from.</p>"))

@@ -13,11 +13,13 @@ Collapsed / over-optimised runs (``collapsed``): a run whose KL to the anchor ``
 """
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from scipy.stats import studentized_range
 
 COLLAPSE_KL = 15.0  # nats per sample, KL(pi || pi_anchor) estimated on the run's own samples
 LENGTH_RATIO = (0.5, 2.0)  # allowed range of mean response length / the anchor's mean response length
@@ -69,10 +71,11 @@ def paired_comparison(a: Mapping[int, Mapping[int, float]], b: Mapping[int, Mapp
     get the same resampled seeds in every draw (a seed's methods share its anchor, data split and prompts).
     Prompts are resampled jointly when each shared seed has the same prompts on both sides, else separately.
     Returns ``p_a_beats_b`` (fraction of joint draws where A's mean exceeds B's; ties count 1/2), the
-    difference A - B with its percentile CI, the number of shared seeds and whether prompts were paired."""
+    difference A - B with its percentile CI (and ``draws``, its bootstrap distribution), the number of shared
+    seeds and whether prompts were paired."""
     seeds = sorted(set(a) & set(b))
     out = {"n_seeds": len(seeds), "p_a_beats_b": float("nan"), "diff": float("nan"), "diff_low": float("nan"),
-           "diff_high": float("nan"), "prompts_paired": False}
+           "diff_high": float("nan"), "prompts_paired": False, "draws": np.array([])}
     seeds = [s for s in seeds if a[s] and b[s]]
     if not seeds:
         return out
@@ -90,21 +93,82 @@ def paired_comparison(a: Mapping[int, Mapping[int, float]], b: Mapping[int, Mapp
     lo, hi = _interval(diff, level)
     mean = np.mean([np.mean(list(a[s].values())) - np.mean(list(b[s].values())) for s in seeds])
     return out | {"p_a_beats_b": float((diff > 0).mean() + 0.5 * (diff == 0).mean()), "diff": float(mean),
-                  "diff_low": lo, "diff_high": hi, "prompts_paired": paired}
+                  "diff_low": lo, "diff_high": hi, "prompts_paired": paired, "draws": diff}
+
+
+@functools.lru_cache(maxsize=256)
+def _studentized_range(level: float, k: int, df: int) -> float:
+    return float(studentized_range.ppf(level, k, df))
+
+
+def block_pairs(seed_means: Mapping[str, Mapping[int, float]], level: float = LEVEL) -> dict:
+    """Simultaneous ``level`` intervals for every difference of series means, seeds as blocks: the additive
+    model y[m, s] = tau[m] + beta[s] + e[m, s] (Montgomery 2017, eq. 4.1) fitted by least squares on the cells
+    present (a left-out collapsed run is a missing cell), and the Tukey-Kramer half-width
+    q(level; k, df_E) / sqrt(2) * se(tau_a - tau_b), with q the studentized range of k series and
+    df_E = cells - rank of the design residual degrees of freedom. ``seed_means``: ``{series: {seed: mean}}``.
+    Returns ``{(a, b): (tau_a - tau_b, half_width, df_E)}`` for each estimable pair (a before b in the input's
+    order); empty when there is no residual degree of freedom (e.g. one seed)."""
+    names = list(seed_means)
+    if len(names) < 2:
+        return {}
+    blocks = sorted({s for v in seed_means.values() for s in v})
+    cells = [(i, blocks.index(s), float(v)) for i, m in enumerate(names) for s, v in seed_means[m].items()]
+    x = np.zeros((len(cells), len(names) + len(blocks) - 1))
+    for row, (i, j, _) in enumerate(cells):
+        x[row, i] = 1.0
+        if j:
+            x[row, len(names) + j - 1] = 1.0
+    y = np.array([v for *_, v in cells])
+    df_e = len(y) - np.linalg.matrix_rank(x)
+    if df_e < 1:
+        return {}
+    coef = np.linalg.lstsq(x, y, rcond=None)[0]
+    mse = float(((y - x @ coef) ** 2).sum()) / df_e
+    xtx_inv, projector = np.linalg.pinv(x.T @ x), np.linalg.pinv(x) @ x
+    q = _studentized_range(level, len(names), df_e) / np.sqrt(2)
+    out = {}
+    for a, b in itertools.combinations(range(len(names)), 2):
+        c = np.zeros(x.shape[1])
+        c[a], c[b] = 1.0, -1.0
+        if np.allclose(projector @ c, c):  # estimable: the two series are connected through shared seeds
+            out[names[a], names[b]] = (float(c @ coef), q * float(np.sqrt(mse * c @ xtx_inv @ c)), int(df_e))
+    return out
+
+
+PAIR_COLUMNS = ["a", "b", "n_seeds", "p_a_beats_b", "diff", "diff_low", "diff_high", "interval", "boot_low",
+                "boot_high", "prompts_paired", "distinguishable"]
+TUKEY = "Tukey-Kramer, seeds as blocks"
+BONFERRONI = "bootstrap over prompts, Bonferroni"
 
 
 def pairwise_table(values: Mapping[str, Mapping[int, Mapping[int, float]]], n_boot: int = 2000, seed: int = 0,
                    level: float = LEVEL) -> pd.DataFrame:
-    """``paired_comparison`` for every ordered pair of series (``{series: {seed: {prompt: value}}}``). A pair
-    is ``distinguishable`` when the CI of the difference excludes 0."""
+    """Every ordered pair of series (``{series: {seed: {prompt: value}}}``): ``paired_comparison``'s chance
+    that A beats B and its bootstrap CI (``boot_low``, ``boot_high``), and the simultaneous interval the words
+    and ranks use (``diff_low``, ``diff_high``, ``interval``): ``block_pairs`` on the seed means, or with one
+    seed (no residual degree of freedom) the prompt bootstrap at the Bonferroni level 1 - (1 - level) / pairs.
+    A pair is ``distinguishable`` when its simultaneous interval excludes 0."""
+    blocks = block_pairs({x: {s: float(np.mean(list(p.values()))) for s, p in v.items() if p}
+                          for x, v in values.items()}, level)
+    n_pairs = max(1, len(values) * (len(values) - 1) // 2)
     rows = []
     for i, (x, y) in enumerate(itertools.combinations(values, 2)):
         c = paired_comparison(values[x], values[y], n_boot, seed + i, level)
+        draws = c.pop("draws")
+        c["boot_low"], c["boot_high"] = c["diff_low"], c["diff_high"]
+        if (x, y) in blocks:
+            diff, half, _ = blocks[x, y]
+            c |= {"diff": diff, "diff_low": diff - half, "diff_high": diff + half, "interval": TUKEY}
+        elif len(draws) and not blocks:
+            c["diff_low"], c["diff_high"] = _interval(draws, 1 - (1 - level) / n_pairs)
+            c["interval"] = BONFERRONI
+        else:
+            c |= {"diff_low": float("nan"), "diff_high": float("nan"), "interval": ""}
         flipped = c | {"p_a_beats_b": 1 - c["p_a_beats_b"], "diff": -c["diff"], "diff_low": -c["diff_high"],
-                       "diff_high": -c["diff_low"]}
+                       "diff_high": -c["diff_low"], "boot_low": -c["boot_high"], "boot_high": -c["boot_low"]}
         rows += [{"a": x, "b": y, **c}, {"a": y, "b": x, **flipped}]
-    df = pd.DataFrame(rows, columns=["a", "b", "n_seeds", "p_a_beats_b", "diff", "diff_low", "diff_high",
-                                     "prompts_paired"])
+    df = pd.DataFrame(rows, columns=PAIR_COLUMNS[:-1])
     df["distinguishable"] = (df["diff_low"] > 0) | (df["diff_high"] < 0)
     return df
 
@@ -164,7 +228,7 @@ def conclusions(summary: pd.DataFrame, pairs: pd.DataFrame, sizes: list[str], an
     rate vs the anchor (``mean``, ``ci_low``, ``ci_high``, ``ci_kind``, ``n_collapsed``); ``pairs``: the
     ``pairwise_table`` rows of every model (column ``model``). A series is above / below the anchor at a size
     when its CI lies above / below 0.5, and not distinguishable from it when the CI contains 0.5; two series
-    differ when the CI of their difference excludes 0 (pairs with the series named like the anchor are left out:
+    differ when the simultaneous CI of their difference excludes 0 (pairs with the series named like the anchor are left out:
     the first sentences say that already). Sizes without an estimate get no words."""
     out = []
     order = summary.groupby("series")["mean"].mean().sort_values(ascending=False).index.tolist()
@@ -198,8 +262,8 @@ def conclusions(summary: pd.DataFrame, pairs: pd.DataFrame, sizes: list[str], an
             if at:
                 chance = ", ".join(f"{p.loc[m, 'p_a_beats_b'] if first == la else 1 - p.loc[m, 'p_a_beats_b']:.2f}"
                                    for m in at)
-                parts.append(f"{first} > {second} at {_where(at, sizes)} (95% CI of the difference in win rate vs "
-                             f"{anchor} above 0; P({first} beats {second}) = {chance})")
+                parts.append(f"{first} > {second} at {_where(at, sizes)} (simultaneous 95% CI of the difference in "
+                             f"win rate vs {anchor} above 0; P({first} beats {second}) = {chance})")
         if tied:
             parts.append(f"{la} vs {lb} not distinguishable at {_where(tied, sizes)}" if not parts
                          else f"not distinguishable at {_where(tied, sizes)}")

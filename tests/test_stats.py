@@ -4,6 +4,7 @@ import itertools
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from bench import stats
@@ -153,6 +154,9 @@ def test_words_and_rankings_on_a_synthetic_sweep(tmp_path):
     assert "SFT vs SFT not distinguishable at all sizes" in text and "DPO > SFT at all sizes (95% CI" not in text
 
     page = build_report(sweep).read_text()
+    pairs = pd.read_csv(sweep / "report" / "pairs.csv")
+    assert set(pairs["interval"]) == {stats.TUKEY} and len(pairs) == 3 * 4 * 3
+    assert "Tukey-Kramer" in page
     assert page.index("Conclusions") < page.index("Ranking on tiny-xs") < page.index("<img")
     assert "ipo on tiny-m, seed 1 (KL 30.0 nats &gt; 15)" in page
     ranks = page[page.index("Ranking on tiny-m"):]
@@ -195,3 +199,55 @@ def test_win_rate_matrix_averages_every_seed(tmp_path):
     mat = win_rate_matrix(df, "tiny-xs")
     assert mat.loc["dpo", "ipo"] == 0.5 and mat.loc["ipo", "dpo"] == 0.5
     assert win_rate_matrix(df, "tiny-xs", seed=0).loc["dpo", "ipo"] == 1.0
+
+
+def test_block_design_intervals_by_hand():
+    """3 series x 3 seeds. Series means A 2, B 3, C 1; seed means 1, 7/3, 8/3; grand mean 2. Residuals
+    y - mean_m - mean_s + 2: A (0, -1/3, 1/3), B (0, 2/3, -2/3), C (0, -1/3, 1/3): SSE 4/3 on (3-1)(3-1) = 4
+    df, MSE 1/3, se(difference) = sqrt(2 MSE / 3) = sqrt(2) / 3, half-width q(0.95; 3, 4) / sqrt(2) * se = q / 3
+    with q = 5.04 (Montgomery, Table VII)."""
+    y = {"A": {0: 1, 1: 2, 2: 3}, "B": {0: 2, 1: 4, 2: 3}, "C": {0: 0, 1: 1, 2: 2}}
+    pairs = stats.block_pairs(y)
+    q = pairs["A", "B"][1] * 3
+    assert q == pytest.approx(5.04, abs=0.005)
+    assert pairs["A", "B"][0] == pytest.approx(-1) and pairs["B", "C"][0] == pytest.approx(2)
+    assert pairs["A", "C"] == pytest.approx((1, q / 3, 4))
+    table = stats.pairwise_table({k: {s: {0: v} for s, v in seeds.items()} for k, seeds in y.items()}, n_boot=200)
+    verdict = {(r["a"], r["b"]): r["distinguishable"] for _, r in table.iterrows()}
+    assert verdict["B", "C"] and verdict["C", "B"] and not verdict["A", "B"] and not verdict["A", "C"]
+    assert set(table["interval"]) == {stats.TUKEY}
+
+
+def test_block_design_ignores_seed_effects_also_with_a_missing_cell():
+    rng = np.random.default_rng(1)
+    y = {m: {s: float(rng.normal()) for s in range(4)} for m in "ABCD"}
+    del y["B"][2]  # a collapsed run left out
+    shifted = {m: {s: v + 10.0 * s ** 2 for s, v in seeds.items()} for m, seeds in y.items()}
+    plain, moved = stats.block_pairs(y), stats.block_pairs(shifted)
+    assert plain.keys() == moved.keys() and len(plain) == 6
+    for pair in plain:
+        assert moved[pair] == pytest.approx(plain[pair])
+    assert plain["A", "B"][2] == 15 - (4 + 4 - 1)  # cells - (series + seeds - 1)
+    assert stats.block_pairs({"A": {0: 1.0}, "B": {0: 2.0}}) == {}  # one seed: no residual degree of freedom
+
+
+def test_three_sign_consistent_seeds_are_not_a_difference():
+    """A bootstrap over three seeds calls every sign-consistent triple a difference (the all-smallest resample
+    has chance 1/27 > 2.5%), a chance of 1/4 under no effect; the block design asks for more than the sign."""
+    b = {s: {0: 0.5} for s in range(3)}
+    a = {s: {0: 0.5 + d} for s, d in enumerate([0.01, 0.3, 0.6])}
+    assert stats.paired_comparison(a, b, n_boot=4000)["diff_low"] > 0
+    row = stats.pairwise_table({"a": a, "b": b}, n_boot=200).iloc[0]
+    assert row["boot_low"] > 0 and row["diff_low"] < 0 and not row["distinguishable"]
+
+
+def test_block_design_keeps_the_familywise_error_at_five_percent():
+    """No true difference between 5 series on 3 seeds, large seed effects: the chance that any of the 10 pairs is
+    called different is 5% (binomial SE over 2000 simulated sweeps: 0.5%)."""
+    rng = np.random.default_rng(0)
+    any_false = 0
+    for _ in range(2000):
+        seed_effect = rng.normal(0, 0.1, 3)
+        y = {m: {s: float(seed_effect[s] + rng.normal(0, 0.03)) for s in range(3)} for m in "ABCDE"}
+        any_false += any(abs(d) > h for d, h, _ in stats.block_pairs(y).values())
+    assert 0.035 < any_false / 2000 < 0.065
