@@ -39,6 +39,7 @@ def _register_resolvers() -> None:
 def check_overrides(overrides: list[str]) -> None:
     """One clear line for an unknown config-group option, before Hydra starts."""
     import methods
+    from bench.config import options
 
     roots = [CONF_DIR] + [Path(p.strip(" []'\"").removeprefix("file://")) for o in overrides
                           if o.startswith("hydra.searchpath=") for p in o.partition("=")[2].split(",")]
@@ -47,7 +48,7 @@ def check_overrides(overrides: list[str]) -> None:
         if not sep or key.lstrip("+~") not in GROUPS:
             continue
         group = key.lstrip("+~")
-        allowed = sorted({p.stem for root in roots for p in (root / group).glob("*.yaml")})
+        allowed = options(group, roots)
         for v in value.split(","):
             if v not in allowed and v != "null":
                 extra = ""

@@ -1,13 +1,22 @@
 """Validation of a job's config: one clear line naming the key and what is allowed."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from omegaconf import DictConfig, OmegaConf
 
+from bench import CONF_DIR
 from bench.errors import UserError
+from bench.judges import check_judge
 from methods import Method, build_method, registry
 
 POSITIVE = ["trainer.steps", "trainer.batch_size", "trainer.grad_accum", "trainer.lr",
             "stages.base.steps", "stages.sft.steps", "eval.samples_per_prompt", "eval.temperature", "task.max_length"]
+
+
+def options(group: str, roots=(CONF_DIR,)) -> list[str]:
+    """The names a config group offers (its yaml files) under the config roots."""
+    return sorted({p.stem for root in roots for p in (Path(root) / group).glob("*.yaml")})
 
 
 def validate(cfg: DictConfig) -> None:
@@ -78,14 +87,6 @@ def check_data(cfg: DictConfig) -> None:
         usable = sorted(name for name, cls in registry().items() if cls.view != "paired")
         raise UserError(f"method={cfg.method.name} needs paired rows (prompt/chosen/rejected); {source} is unpaired "
                         f"(prompt/completion/label); methods for unpaired data: {', '.join(usable)}")
-
-
-def check_judge(cfg: DictConfig) -> None:
-    """Judge/task compatibility, checked before any stage is built (not after training and generation)."""
-    judge = cfg.get("judge")
-    if judge is not None and judge.get("name") == "gold" and cfg.task.get("source", "builtin") != "builtin":
-        raise UserError(f"judge=gold needs a built-in task; task {cfg.task.name} has no gold reward "
-                        f"(use judge=reward_model or judge=bt)")
 
 
 def tuned_value(key: str, fallback=None, *, _root_: DictConfig):

@@ -1,4 +1,4 @@
-"""Evaluation metrics shared by every run (DESIGN.md, "Evaluation definitions"). Pure functions."""
+"""Evaluation metrics shared by every run (README, "summary.json"). Pure functions."""
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -24,7 +24,8 @@ from bench.curve import best_of_n_rows, curve_rows, curve_seconds, point
 from bench.frontier import lc_win_rate
 from bench.judges import gold_for_proxy, make_judge
 from bench.logprobs import score_view
-from bench.pipeline import load_model
+from bench.models import load_model
+from bench.models import n_params as count_params
 from bench.results import write_jsonl
 from bench.sampling import generate
 from bench.stages import cached_json
@@ -120,7 +121,7 @@ def evaluate(cfg, group, model, run_dir: Path, step: int | None = None) -> dict:
         out["eval/gold_score_mean"] = em.judged_mean(gold_scores)
     if cfg.eval.diversity:
         out["eval/pid"], out["eval/aid"] = em.pid_aid(_by_prompt(list(embed(texts)), k))
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = count_params(model)
     scored_tokens = sum(len(p) + len(c) for p, c in (e["chosen"] for e in sample_view.examples))
     out |= {"cost/eval_seconds": time.perf_counter() - t0, "cost/generate_seconds": gen_seconds,
             "cost/generate_tokens_per_s": gen_tokens / max(gen_seconds, 1e-9), "cost/judge_seconds": judge_seconds,

@@ -21,13 +21,20 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from bench.config import check_judge
 from bench.errors import UserError
 from bench.hub import friendly_hub_errors
 from bench.stages import build_stage
 from bench.tasks import get_task
 
 JUDGES = ("gold", "reward_model", "bt", "llm")
+
+
+def check_judge(cfg: DictConfig) -> None:
+    """Judge/task compatibility, checked before any stage is built (not after training and generation)."""
+    judge = cfg.get("judge")
+    if judge is not None and judge.get("name") == "gold" and cfg.task.get("source", "builtin") != "builtin":
+        raise UserError(f"judge=gold needs a built-in task; task {cfg.task.name} has no gold reward "
+                        f"(use judge=reward_model or judge=bt)")
 
 
 def prompt_text(prompt) -> str:

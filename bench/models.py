@@ -1,7 +1,11 @@
-"""Models: tiny Llama configs built from scratch, or any hub id / local path."""
+"""Models: tiny Llama configs built from scratch, or any hub id / local path; loading and saving our own."""
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import torch
+from omegaconf import OmegaConf
 from omegaconf import DictConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -59,3 +63,16 @@ def load_pretrained(path: str, cfg: DictConfig, dtype: torch.dtype | None = None
 
 def n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def load_model(path: str | Path):
+    """A causal LM from a stage or checkpoint folder of ours, a local model folder or a hub id."""
+    if (Path(path) / "config.json").exists():
+        return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, use_safetensors=True)
+    return load_pretrained(str(path), OmegaConf.create({}))[0]
+
+
+def save_model(model, tokenizer, path: Path) -> None:
+    shutil.rmtree(path / "checkpoint", ignore_errors=True)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)

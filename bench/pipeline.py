@@ -6,18 +6,17 @@ training and its sampling are drawn per seed.
 """
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from bench.data import Renderer, TokenizedData, load_clean, render
 from bench.logprobs import sequence_logps
-from bench.models import attach_lora, from_scratch, load_pretrained
+from bench.models import attach_lora, from_scratch, load_model, load_pretrained, n_params, save_model
 from bench.sources import corpus_limits, corpus_rows, task_spec
 from bench.stages import build_stage, stage_key
 from bench.tokenizer import train_bpe
@@ -79,19 +78,6 @@ class Group:
         return build_stage(cfg.cache_dir, "sft", spec, build)
 
 
-def load_model(path: str | Path):
-    """A causal LM from a stage or checkpoint folder of ours, a local model folder or a hub id."""
-    if (Path(path) / "config.json").exists():
-        return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, use_safetensors=True)
-    return load_pretrained(str(path), OmegaConf.create({}))[0]
-
-
-def save_model(model, tokenizer, path: Path) -> None:
-    shutil.rmtree(path / "checkpoint", ignore_errors=True)
-    model.save_pretrained(path, safe_serialization=True)
-    tokenizer.save_pretrained(path)
-
-
 def prepare(cfg: DictConfig) -> Group:
     """Rows are read, cleaned and split first, so a dataset without valid rows stops before any stage
     is built, and the tokenizer and base stages see cleaned training rows only."""
@@ -129,7 +115,7 @@ def _scratch_stages(cfg: DictConfig, train_rows: list[dict]):
         stats = train(model, build_method("sft"), view, train_spec(cfg, **base_spec["train"], checkpoint_every=0),
                       tmp, tokenizer.pad_token_id, desc=f"base stage {cfg.model.name}")
         save_model(model, tokenizer, tmp)
-        return {"train": stats, "n_params": sum(p.numel() for p in model.parameters())}
+        return {"train": stats, "n_params": n_params(model)}
 
     return tokenizer, str(build_stage(cfg.cache_dir, "base", base_spec, build_base))
 
@@ -166,3 +152,15 @@ def logprob_probe(view: View, pad_id: int, n: int = 32):
         return {f"probe/logps_{role}": float(s.sum.mean()) for role, s in stats.items()}
 
     return probe
+
+
+def init_checkpoint(cfg: DictConfig, group: Group, method) -> tuple[str, str]:
+    """Where a run starts: ('sft', the group's SFT stage) or ('base', the base model)."""
+    init = method.init if cfg.init == "auto" else cfg.init
+    return init, str(group.sft if init == "sft" else group.base)
+
+
+def build_policy(cfg: DictConfig, start):
+    """The model a run trains: its init checkpoint, with LoRA adapters when ``model.lora`` is set."""
+    model = load_model(start)
+    return attach_lora(model, cfg.model.lora) if cfg.model.get("lora") else model

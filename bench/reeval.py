@@ -9,9 +9,8 @@ from bench import CONF_DIR
 from bench.errors import UserError
 from bench.evaluate import evaluate
 from bench.checkpoint import load_weights
-from bench.config import method_from_config
-from bench.pipeline import prepare
-from bench.run import build_policy, init_checkpoint
+from bench.config import method_from_config, options
+from bench.pipeline import build_policy, init_checkpoint, prepare
 from bench.results import read_json, write_json
 
 GROUPS = ("judge", "eval")
@@ -24,9 +23,9 @@ def reevaluate(run_dir: Path, overrides: list[str]) -> dict:
     for item in overrides:
         key, _, value = item.partition("=")
         if key in GROUPS:
-            options = sorted(p.stem for p in (CONF_DIR / key).glob("*.yaml"))
-            if value not in options:
-                raise UserError(f"{key}={value!r} is unknown; allowed: {', '.join(options)}")
+            allowed = options(key)
+            if value not in allowed:
+                raise UserError(f"{key}={value!r} is unknown; allowed: {', '.join(allowed)}")
             cfg[key] = OmegaConf.load(CONF_DIR / key / f"{value}.yaml")
         else:
             cfg.merge_with(OmegaConf.from_dotlist([item]))

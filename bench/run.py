@@ -1,4 +1,17 @@
-"""One job: conf -> data -> model -> trainer(method) -> eval -> run folder.
+"""One job: conf -> data -> model -> trainer(method) -> eval -> run folder. Top to bottom:
+
+    run_job(cfg, run_dir)
+      check_job                  config.validate + method_from_config: refuse before any folder exists
+      _run_locked                skip a done run; write config.yaml and summary.json (status: running)
+        _train_and_evaluate
+          prepare(cfg)           pipeline: tokenizer, cleaned split, base stage, SFT stage -> Group
+          build_view             views: the rows the method trains on
+          init_checkpoint        pipeline: start from the base model or the group's SFT stage
+          build_policy           pipeline: load it (+ LoRA adapters)
+          refcache.cached        the reference's log-probs, once per (start, view)
+          train                  trainer: the loop, checkpoints, CurveSampler points along training
+          evaluate               samples, judge, win rates, KL, diversity -> samples.jsonl, prompts.jsonl
+      summary.json               status done / failed with its error; cost/* and eval/* keys
 
 A run folder holds config.yaml, metrics.jsonl, checkpoint/, samples.jsonl and summary.json. A job
 whose summary says ``done`` is skipped; an interrupted one resumes from its last checkpoint; a
@@ -25,9 +38,9 @@ from bench.curve import CURVE_DIR, CurveSampler
 from bench.errors import UserError
 from bench.evaluate import evaluate
 from bench.faults import kill_point
-from bench.pipeline import Group, load_model, logprob_probe, prepare, run_spec
+from bench.pipeline import build_policy, init_checkpoint, logprob_probe, prepare, run_spec
 from bench.results import read_json, write_atomic, write_json
-from bench.models import attach_lora
+from bench.models import load_model, n_params
 from bench.naming import check_sweep_name, settings
 from bench.stages import stage_info, stage_key
 from bench.trainer import NonFiniteTraining, train
@@ -105,18 +118,6 @@ def _run_locked(cfg: DictConfig, run_dir: Path) -> dict:
     return summary
 
 
-def init_checkpoint(cfg: DictConfig, group: Group, method) -> tuple[str, str]:
-    """Where a run starts: ('sft', the group's SFT stage) or ('base', the base model)."""
-    init = method.init if cfg.init == "auto" else cfg.init
-    return init, str(group.sft if init == "sft" else group.base)
-
-
-def build_policy(cfg: DictConfig, start):
-    """The model a run trains: its init checkpoint, with LoRA adapters when ``model.lora`` is set."""
-    model = load_model(start)
-    return attach_lora(model, cfg.model.lora) if cfg.model.get("lora") else model
-
-
 def _train_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict:
     memory_how = reset_peak_memory()  # this job's own peak, also in a launcher worker that ran others
     if cfg.threads:
@@ -146,14 +147,14 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict:
     stats = train(model, method, view, run_spec(cfg, init), run_dir, group.pad_id, reference,
                   logprob_probe(probe_view, group.pad_id) if probe_view else None, desc=run_dir.name,
                   curve=CurveSampler(cfg, group, run_dir))
-    n_params = sum(p.numel() for p in model.parameters())
+    size = n_params(model)
     summary = {
-        "init": init, "n_params": n_params,
+        "init": init, "n_params": size,
         "reference_cache_hit": ref_hit, "resumed_from_step": stats["resumed_from_step"],
         **{f"data/{k}": v for k, v in counts.items()},
         **{f"train/{k}": v for k, v in stats["final"].items()},
         "cost/train_seconds": stats["train_seconds"], "cost/train_tokens_per_s": stats["tokens_per_s"],
-        **training_cost(n_params, stats, stage_info(group.sft).get("train") if init == "sft" else None),
+        **training_cost(size, stats, stage_info(group.sft).get("train") if init == "sft" else None),
         "cost/base_stage_seconds": stage_info(group.base).get("seconds"),
         "cost/sft_stage_seconds": stage_info(group.sft).get("seconds") if init == "sft" else None,
     }

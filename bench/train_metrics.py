@@ -1,4 +1,4 @@
-"""Training metrics with one meaning for every method (DESIGN.md, "uniform metrics")."""
+"""Training metrics with one meaning for every method (README, "summary.json")."""
 from __future__ import annotations
 
 import torch
@@ -16,7 +16,7 @@ def uniform_metrics(policy: BatchLogps, reference: BatchLogps | None, beta: floa
             out[f"logps/{role}"] = s.sum.mean()
             out[f"logps/{role}_per_token"] = s.mean.mean()
     if len(policy.chosen.sum):
-        out["nll/chosen"] = -policy.chosen.sum.sum() / policy.chosen.n_tokens.sum().clamp(min=1)
+        out["nll/chosen"] = policy.chosen.token_mean_nll()
     if reference is not None:
         rewards = {}
         for role in ("chosen", "rejected"):

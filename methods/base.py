@@ -29,6 +29,10 @@ class SeqLogps:
     def mean(self) -> torch.Tensor:
         return self.sum / self.n_tokens.clamp(min=1)
 
+    def token_mean_nll(self) -> torch.Tensor:
+        """NLL averaged over every completion token of the batch: -sum_i S(y_i) / sum_i n(y_i)."""
+        return -self.sum.sum() / self.n_tokens.sum().clamp(min=1)
+
 
 @dataclass(frozen=True)
 class BatchLogps:

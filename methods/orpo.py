@@ -12,7 +12,6 @@ import torch.nn.functional as F
 
 from methods import register
 from methods.base import BatchLogps, LossOutput, Method
-from methods.sft import token_mean_nll
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
@@ -40,5 +39,5 @@ class ORPO(Method):
         chosen, rejected = policy.chosen.mean.double(), policy.rejected.mean.double()
         log_odds = (chosen - rejected) - (log1mexp(chosen) - log1mexp(rejected))
         odds_term = F.logsigmoid(log_odds).mean().to(policy.chosen.sum.dtype)
-        loss = token_mean_nll(policy.chosen) - self.lam * odds_term
+        loss = policy.chosen.token_mean_nll() - self.lam * odds_term
         return LossOutput(loss, {"orpo/log_odds": log_odds.mean().detach().float()})

@@ -1,4 +1,4 @@
-"""Each loss on hand-computed numbers, straight from the formulas pinned in DESIGN.md."""
+"""Each loss on hand-computed numbers, straight from the papers' formulas (README, "Methods")."""
 import math
 
 import pytest

@@ -14,7 +14,8 @@ from bench.cli import compose_config
 from bench.evaluate import evaluate, generate
 from bench.logprobs import score_view, sequence_logps
 from bench.packing import packed_attention
-from bench.pipeline import load_model, logprob_probe, prepare
+from bench.models import load_model
+from bench.pipeline import logprob_probe, prepare
 from bench.views import View, build_view, pack
 from tests.conftest import SMOKE, prefbench, run_dir
 
