@@ -8,7 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 from bench import CONF_DIR
 from bench.errors import UserError
 from bench.judges import check_judge
-from methods import Method, build_method, registry
+from methods import Method, apply_strength, build_method, registry
 
 POSITIVE = ["trainer.steps", "trainer.batch_size", "trainer.grad_accum", "trainer.lr",
             "stages.base.steps", "stages.sft.steps", "eval.samples_per_prompt", "eval.temperature", "task.max_length"]
@@ -83,7 +83,7 @@ def check_data(cfg: DictConfig) -> None:
     from bench.data import load_clean
 
     clean, source = load_clean(cfg.task, int(cfg.seed))
-    if clean.kind == "unpaired" and method_from_config(cfg.method).view == "paired":
+    if clean.kind == "unpaired" and method_from_config(cfg.method, cfg.strength).view == "paired":
         usable = sorted(name for name, cls in registry().items() if cls.view != "paired")
         raise UserError(f"method={cfg.method.name} needs paired rows (prompt/chosen/rejected); {source} is unpaired "
                         f"(prompt/completion/label); methods for unpaired data: {', '.join(usable)}")
@@ -100,11 +100,13 @@ def tuned_value(key: str, fallback=None, *, _root_: DictConfig):
     return value
 
 
-def method_from_config(method_cfg: DictConfig) -> Method:
+def method_from_config(method_cfg: DictConfig, strength: float = 1.0) -> Method:
+    """The job's method: the yaml's hyper-parameters with ``strength`` applied to the fields the method marks
+    (``methods.scaled_by_strength``), so a plugin gets the same treatment as a built-in."""
     params = OmegaConf.to_container(method_cfg, resolve=True)
     params.pop("tuned", None)  # the tuned table feeds the values above it; it is not a hyper-parameter
     name = params.pop("name")
     try:
-        return build_method(name, **params)
+        return build_method(name, **apply_strength(name, params, float(strength)))
     except ValueError as exc:
         raise UserError(str(exc)) from exc

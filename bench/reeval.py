@@ -30,7 +30,7 @@ def reevaluate(run_dir: Path, overrides: list[str]) -> dict:
         else:
             cfg.merge_with(OmegaConf.from_dotlist([item]))
     group = prepare(cfg)
-    _, start = init_checkpoint(cfg, group, method_from_config(cfg.method))
+    _, start = init_checkpoint(cfg, group, method_from_config(cfg.method, cfg.strength))
     model = load_weights(build_policy(cfg, start), run_dir / "checkpoint")
     summary = read_json(run_dir / "summary.json", {})
     summary = {k: v for k, v in summary.items() if not k.startswith("eval/")} | evaluate(

@@ -59,7 +59,7 @@ def check_job(cfg: DictConfig) -> None:
     if cfg.fault not in FAULTS:
         raise UserError(f"fault={cfg.fault!r} is unknown; allowed: {', '.join(FAULTS)}")
     validate(cfg)
-    method_from_config(cfg.method)
+    method_from_config(cfg.method, cfg.strength)
 
 
 def run_job(cfg: DictConfig, run_dir: str | Path) -> dict:
@@ -122,7 +122,7 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict:
     memory_how = reset_peak_memory()  # this job's own peak, also in a launcher worker that ran others
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
-    method = method_from_config(cfg.method)
+    method = method_from_config(cfg.method, cfg.strength)
     group = prepare(cfg)
     counts = dict(group.data.counts)
     view = build_view(method.view, group.data.kind, group.data.train, int(cfg.seed))
@@ -149,7 +149,7 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict:
                   curve=CurveSampler(cfg, group, run_dir))
     size = n_params(model)
     summary = {
-        "init": init, "n_params": size,
+        "init": init, "n_params": size, **{f"method/{k}": v for k, v in vars(method).items()},
         "reference_cache_hit": ref_hit, "resumed_from_step": stats["resumed_from_step"],
         **{f"data/{k}": v for k, v in counts.items()},
         **{f"train/{k}": v for k, v in stats["final"].items()},

@@ -21,7 +21,7 @@ from bench.results import write_atomic
 
 KL_BOUND = 10.0
 GRID = ["config.trainer.lr", "config.strength"]
-VALUES = ["config.method.beta", "config.method.lam"]  # what the grid resolved to, for the method yamls
+VALUES = ["beta", "lam"]  # the values the grid resolved to (after strength), for the method yamls
 
 
 def tuning_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -31,10 +31,14 @@ def tuning_table(df: pd.DataFrame) -> pd.DataFrame:
         raise UserError("no finished runs to tune from")
     if set(done.get("config.eval.split", pd.Series(["eval"]))) != {"val"}:
         raise UserError("tuning needs runs evaluated on the validation prompts (eval.split=val, as sweep=tune sets)")
-    values = {c: (c, "first") for c in VALUES if c in done}
+    values = {}  # the run's effective value (summary method/KEY); runs from before it: the config's
+    for key in VALUES:
+        column = next((c for c in (f"method/{key}", f"config.method.{key}") if c in done), None)
+        if column:
+            values[f"method.{key}"] = (column, "first")
     table = done.groupby(["model", "method", *GRID], dropna=False).agg(
         val_score=("eval/score_mean", "mean"), kl=("eval/kl", "mean"), seeds=("seed", "nunique"),
-        **{c.removeprefix("config."): v for c, v in values.items()}).reset_index()
+        **values).reset_index()
     table["eligible"] = table["kl"] <= KL_BOUND
     order = table.sort_values(["val_score", "config.strength", "config.trainer.lr"], ascending=[False, False, True])
     best = order[order["eligible"]].groupby(["model", "method"]).head(1).index

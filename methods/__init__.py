@@ -10,9 +10,10 @@ import importlib
 import pkgutil
 from importlib.metadata import entry_points
 
-from methods.base import BatchLogps, LossOutput, Method, SeqLogps
+from methods.base import STRENGTH, BatchLogps, LossOutput, Method, SeqLogps, scaled_by_strength
 
-__all__ = ["BatchLogps", "LossOutput", "Method", "SeqLogps", "register", "registry", "build_method"]
+__all__ = ["BatchLogps", "LossOutput", "Method", "SeqLogps", "register", "registry", "build_method",
+           "scaled_by_strength", "apply_strength"]
 
 ENTRY_POINT_GROUP = "prefbench.methods"
 _REGISTRY: dict[str, type[Method]] = {}
@@ -53,3 +54,24 @@ def build_method(name: str, **params) -> Method:
             f"method.{unknown[0]} is not a parameter of {name}; allowed: {', '.join(sorted(fields)) or 'none'}"
         )
     return cls(**params)
+
+
+def apply_strength(name: str, params: dict, strength: float) -> dict:
+    """``params`` with ``strength`` applied to the fields method ``name`` marks with ``scaled_by_strength``
+    (the field's default when ``params`` leaves it out). A strength other than 1 for a method that marks no
+    field raises ``ValueError``: the sweep would otherwise run identical jobs."""
+    cls = registry()[name]
+    marked = {f.name: f for f in dataclasses.fields(cls) if STRENGTH in f.metadata} \
+        if dataclasses.is_dataclass(cls) else {}
+    if strength == 1:
+        return dict(params)
+    if not marked:
+        raise ValueError(f"strength={strength:g}: method {name} marks no hyper-parameter that strength scales "
+                         f"(declare one with methods.scaled_by_strength)")
+    if not strength > 0:
+        raise ValueError(f"strength must be > 0 (got {strength:g})")
+    out = dict(params)
+    for key, f in marked.items():
+        value = float(out.get(key, f.default))
+        out[key] = value / strength if f.metadata[STRENGTH] == "divide" else value * strength
+    return out

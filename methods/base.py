@@ -49,6 +49,16 @@ class BatchLogps:
     mismatched: SeqLogps | None = None
 
 
+STRENGTH = "strength"  # dataclass field metadata: how the sweep's `strength` scales the field
+
+
+def scaled_by_strength(default: float, *, divide: bool = False):
+    """A hyper-parameter that ``strength`` scales (the pull towards the anchor, one meaning for every method,
+    swept by ``sweep=beta``): multiplied by it when a larger value keeps the policy closer to the anchor
+    (DPO's beta), divided by it when a larger value moves the policy further (ORPO's lambda)."""
+    return field(default=default, metadata={STRENGTH: "divide" if divide else "multiply"})
+
+
 @dataclass
 class LossOutput:
     loss: torch.Tensor

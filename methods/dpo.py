@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from methods import register
+from methods import register, scaled_by_strength
 from methods.base import BatchLogps, LossOutput, Method
 
 
@@ -14,7 +14,7 @@ from methods.base import BatchLogps, LossOutput, Method
 class DPO(Method):
     """L = -log sigma(beta * [(S_theta(yw) - S_ref(yw)) - (S_theta(yl) - S_ref(yl))]), S summed log-probs."""
 
-    beta: float = 0.1
+    beta: float = scaled_by_strength(0.1)
     name = "dpo"
     view = "paired"
     needs_reference = True

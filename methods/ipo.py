@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from methods import register
+from methods import register, scaled_by_strength
 from methods.base import BatchLogps, LossOutput, Method
 
 
@@ -16,7 +16,7 @@ from methods.base import BatchLogps, LossOutput, Method
 class IPO(Method):
     """L = (h - 1/(2 beta))^2,  h = [A_theta(yw) - A_ref(yw)] - [A_theta(yl) - A_ref(yl)]."""
 
-    beta: float = 0.5  # target gap 1/(2 beta) = 1 nat per token; TRL's 0.1 asks for 5
+    beta: float = scaled_by_strength(0.5)  # target gap 1/(2 beta) = 1 nat per token; TRL's 0.1 asks for 5
     name = "ipo"
     view = "paired"
     needs_reference = True

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from methods import register
+from methods import register, scaled_by_strength
 from methods.base import BatchLogps, LossOutput, Method
 
 
@@ -17,7 +17,7 @@ class KTO(Method):
     lambda_U (1 - sigma(beta (z - r))); the loss is the mean over all examples of the batch.
     """
 
-    beta: float = 0.1
+    beta: float = scaled_by_strength(0.1)
     desirable_weight: float = 1.0
     undesirable_weight: float = 1.0
     name = "kto"

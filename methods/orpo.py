@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from methods import register
+from methods import register, scaled_by_strength
 from methods.base import BatchLogps, LossOutput, Method
 
 
@@ -26,7 +26,7 @@ class ORPO(Method):
     log_odds = (A(yw) - A(yl)) - (log(1 - exp A(yw)) - log(1 - exp A(yl))), computed in float64.
     """
 
-    lam: float = 1.0
+    lam: float = scaled_by_strength(1.0, divide=True)
     name = "orpo"
     view = "paired"
     needs_reference = False

@@ -59,8 +59,11 @@ def test_one_base_model_for_every_seed(tmp_path):
 
 def test_strength_is_the_pull_towards_the_anchor_for_every_method():
     """A larger strength regularises more: DPO/IPO/KTO's beta grows, ORPO's lambda (its preference weight) shrinks."""
+    from bench.config import method_from_config
+
     def ratio(method, key):
-        one, two = (float(compose_config([f"method={method}", f"strength={s}"]).method[key]) for s in (1, 2))
+        one, two = (getattr(method_from_config(cfg.method, cfg.strength), key) for cfg in
+                    (compose_config([f"method={method}", f"strength={s}"]) for s in (1, 2)))
         return two / one
     assert ratio("dpo", "beta") == ratio("ipo", "beta") == ratio("kto", "beta") == 2
     assert ratio("orpo", "lam") == 0.5

@@ -1,9 +1,11 @@
 """The `prefbench` command end to end: every method through the CLI, clear one-line errors, the
 reference cache, and a method plugin that lives outside prefbench."""
+import dataclasses
 import json
 import textwrap
 
 import pytest
+from omegaconf import OmegaConf
 
 from bench import refcache
 from bench.views import View
@@ -96,14 +98,14 @@ from dataclasses import dataclass
 
 import torch
 
-from methods import LossOutput, Method
+from methods import LossOutput, Method, scaled_by_strength
 
 
 @dataclass
 class Hinge(Method):
     """SLiC-style hinge on the DPO log-ratio margin: max(0, 1 - beta * margin)."""
 
-    beta: float = 0.5
+    beta: float = scaled_by_strength(0.5)
     name = "hinge"
     view = "paired"
     needs_reference = True
@@ -132,3 +134,27 @@ def test_external_plugin_is_discovered_by_entry_point_and_trains(tmp_path, share
               f"cache_dir={shared_cache}", *SMOKE, env=env)
     summary = json.loads((run_dir(tmp_path / "runs", "reviews-tiny-xs-hinge-s0") / "summary.json").read_text())
     assert summary["status"] == "done" and summary["method"] == "hinge" and summary["init"] == "sft"
+    assert summary["method/beta"] == 0.5  # the effective value, after strength
+
+
+def test_strength_scales_what_a_plugin_marks_and_refuses_a_plugin_that_marks_nothing(monkeypatch):
+    """The README's hinge example under sweep=beta: five strengths give five betas; a method that marks no field
+    refuses strength != 1 instead of running five identical jobs."""
+    import methods
+    from bench.cli import compose_config
+    from bench.config import method_from_config
+    from bench.errors import UserError
+
+    namespace = {}
+    exec(textwrap.dedent(PLUGIN), namespace)
+    plain = dataclasses.make_dataclass("Plain", [("beta", float, 0.5)], bases=(namespace["Hinge"],))
+    plain.name = "plain"
+    monkeypatch.setitem(methods._REGISTRY, "hinge", namespace["Hinge"])
+    monkeypatch.setitem(methods._REGISTRY, "plain", plain)
+    cfg = compose_config(["method=dpo"])
+    hinge = OmegaConf.create({"name": "hinge", "beta": 0.5})
+    assert [method_from_config(hinge, s).beta for s in (0.25, 0.5, 1, 2, 4)] == [0.125, 0.25, 0.5, 1.0, 2.0]
+    assert method_from_config(OmegaConf.create({"name": "plain"}), 1).beta == 0.5
+    with pytest.raises(UserError, match="strength=2: method plain marks no hyper-parameter that strength scales"):
+        method_from_config(OmegaConf.create({"name": "plain"}), 2)
+    assert method_from_config(cfg.method, 4).beta == pytest.approx(4 * cfg.method.beta)

@@ -55,5 +55,5 @@ def test_tuned_values_apply_per_model_size_and_strength_still_scales_them():
     assert xs.trainer.lr == 0.001 and xs.method.beta == 0.05
     assert method_from_config(xs.method).beta == 0.05  # the table itself is not passed to the method
     s = config("model=tiny-s", "strength=2")
-    assert s.trainer.lr == 5e-4 and s.method.beta == 0.2  # no entry for tiny-s: the defaults
-    assert config("model=tiny-xs", "strength=2").method.beta == 0.1
+    assert s.trainer.lr == 5e-4 and method_from_config(s.method, s.strength).beta == 0.2  # tiny-s: the defaults
+    assert method_from_config(config("model=tiny-xs", "strength=2").method, 2).beta == 0.1
