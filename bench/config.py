@@ -8,7 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 from bench import CONF_DIR
 from bench.errors import UserError
 from bench.judges import check_judge
-from methods import Method, apply_strength, build_method, registry
+from methods import Method, apply_strength, build_method, registry, view_spec
 
 POSITIVE = ["trainer.steps", "trainer.batch_size", "trainer.grad_accum", "trainer.lr",
             "stages.base.steps", "stages.sft.steps", "eval.samples_per_prompt", "eval.temperature", "task.max_length"]
@@ -83,10 +83,12 @@ def check_data(cfg: DictConfig) -> None:
     from bench.data import load_clean
 
     clean, source = load_clean(cfg.task, int(cfg.seed))
-    if clean.kind == "unpaired" and method_from_config(cfg.method, cfg.strength).view == "paired":
-        usable = sorted(name for name, cls in registry().items() if cls.view != "paired")
-        raise UserError(f"method={cfg.method.name} needs paired rows (prompt/chosen/rejected); {source} is unpaired "
-                        f"(prompt/completion/label); methods for unpaired data: {', '.join(usable)}")
+    view = view_spec(method_from_config(cfg.method, cfg.strength).view)
+    if clean.kind not in view.kinds:
+        usable = sorted(name for name, cls in registry().items() if clean.kind in view_spec(cls.view).kinds)
+        rows = {"paired": "paired rows (prompt/chosen/rejected)", "unpaired": "unpaired rows (prompt/completion/label)"}
+        raise UserError(f"method={cfg.method.name} needs {' or '.join(rows.get(k, k) for k in view.kinds)}; {source} "
+                        f"is {rows.get(clean.kind, clean.kind)}; methods for {clean.kind} data: {', '.join(usable)}")
 
 
 def tuned_value(key: str, fallback=None, *, _root_: DictConfig):

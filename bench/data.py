@@ -254,13 +254,3 @@ def tokenize(rows: list[dict], tokenizer, cfg, seed: int, source: str, counts: C
              shuffle: bool = True) -> TokenizedData:
     """Clean, split by seed and tokenize ``rows`` in one call (``clean_split`` then ``render``)."""
     return render(clean_split(rows, cfg, seed, source, counts, shuffle), tokenizer, cfg, source)
-
-
-def derangement(n: int, seed: int) -> list[int]:
-    """A seeded permutation without fixed points: a random cycle through all n items (KTO's partners)."""
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    partner = list(range(n))
-    for a, b in zip(order, order[1:] + order[:1]):
-        partner[a] = b
-    return partner

@@ -33,7 +33,6 @@ import torch.distributed as dist
 from bench.errors import UserError
 from methods import BatchLogps, SeqLogps
 
-ROLES = ("chosen", "rejected", "mismatched")
 HOW = "launch a script that calls bench.trainer.train with `torchrun --nproc_per_node N`"
 
 
@@ -107,8 +106,13 @@ def gather_batch(batch: BatchLogps | None) -> BatchLogps | None:
     differentiable. A role is None only where no process has it. Unchanged in a single process."""
     if batch is None or not is_distributed():
         return batch
-    local = [getattr(batch, role) for role in ROLES]
-    sizes = torch.tensor([-1 if s is None else len(s.sum) for s in local], device=batch.chosen.sum.device)
+    roles = sorted(batch)  # every process's batch has the view's roles (bench.trainer.forward)
+    local = [batch[role] for role in roles]
+    if any(s.tokens is not None or s.score is not None for s in local):
+        raise UserError("per-token statistics and judge scores are not gathered across processes yet; "
+                        "run token-level and online methods in one process")
+    first = local[0]
+    sizes = torch.tensor([-1 if s is None else len(s.sum) for s in local], device=first.sum.device)
     all_sizes = [torch.empty_like(sizes) for _ in range(dist.get_world_size())]
     dist.all_gather(all_sizes, sizes)
     all_sizes = torch.stack(all_sizes).tolist()
@@ -116,14 +120,14 @@ def gather_batch(batch: BatchLogps | None) -> BatchLogps | None:
     flat = torch.cat([torch.cat([s.sum.double(), s.n_tokens.double()]) for s in local if s is not None])
     width = max(2 * sum(max(k, 0) for k in row) for row in all_sizes)
     rows = _AllGather.apply(torch.nn.functional.pad(flat, (0, width - len(flat))))
-    pieces: dict[str, list] = {role: [] for role in ROLES}
+    pieces: dict[str, list] = {role: [] for role in roles}
     for rank, row in enumerate(all_sizes):
         offset = 0
-        for role, k in zip(ROLES, row):
+        for role, k in zip(roles, row):
             if k >= 0:
                 pieces[role].append((rows[rank, offset:offset + k], rows[rank, offset + k:offset + 2 * k]))
                 offset += 2 * k
-    sum_dtype, n_dtype = batch.chosen.sum.dtype, batch.chosen.n_tokens.dtype
+    sum_dtype, n_dtype = first.sum.dtype, first.n_tokens.dtype
 
     def role(name):
         if not pieces[name]:
@@ -131,4 +135,4 @@ def gather_batch(batch: BatchLogps | None) -> BatchLogps | None:
         sums, counts = zip(*pieces[name])
         return SeqLogps(torch.cat(sums).to(sum_dtype), torch.cat(counts).to(n_dtype))
 
-    return BatchLogps(role("chosen"), role("rejected"), role("mismatched"))
+    return BatchLogps(**{name: role(name) for name in roles})

@@ -83,27 +83,48 @@ def _predict(model, input_ids, target, temperature: float = 1.0, **inputs) -> to
     return -F.cross_entropy(logits, input_ids[:, 1:][target], reduction="none")
 
 
-def sequence_logps(model, batch: Packed, temperature: float = 1.0) -> dict[str, SeqLogps]:
-    """S(y) and n(y) for every sequence of the batch, split by role (S at ``temperature``, see token_logps)."""
+def sequence_logps(model, batch: Packed, temperature: float = 1.0, tokens: bool = False) -> dict[str, SeqLogps]:
+    """S(y) and n(y) for every sequence of the batch, split by role (S at ``temperature``, see token_logps);
+    with ``tokens``, also each sequence's per-token log-probs (``SeqLogps.tokens``)."""
     logps, rows = token_logps(model, batch, temperature)
     n_rows = batch.input_ids.shape[0]
     sums = torch.zeros(n_rows, device=logps.device, dtype=logps.dtype).index_add(0, rows, logps)
     counts = batch.completion_mask[:, 1:].sum(dim=1)
-    return {role: SeqLogps(sums[s], counts[s]) for role, s in batch.slices.items()}
+    per_token = _per_token(logps, rows, counts) if tokens else None
+    return {role: SeqLogps(sums[s], counts[s], None if per_token is None else per_token[s, :int(counts[s].max())])
+            for role, s in batch.slices.items()}
+
+
+def _per_token(logps: torch.Tensor, rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """(rows, max count) right-padded with 0: a row's tokens arrive contiguous and in order (token_logps)."""
+    order = torch.sort(rows, stable=True).indices
+    sorted_rows = rows[order]
+    starts = torch.cumsum(counts, 0) - counts
+    position = torch.arange(len(rows), device=rows.device) - starts[sorted_rows]
+    out = logps.new_zeros(len(counts), int(counts.max()) if len(counts) else 0)
+    return out.index_put((sorted_rows, position), logps[order])
 
 
 @torch.no_grad()
 def score_view(model, view: View, pad_id: int, batch_size: int, device,
-               temperature: float = 1.0) -> dict[str, torch.Tensor]:
+               temperature: float = 1.0, tokens: bool = False) -> dict[str, torch.Tensor]:
     """``{role}.sum`` and ``{role}.n`` for every example of ``view`` (NaN where an example lacks the role);
-    the sums at ``temperature`` (see token_logps)."""
+    the sums at ``temperature`` (see token_logps). With ``tokens``, also ``{role}.tokens``: (examples, the
+    role's longest completion) per-token log-probs, right-padded with NaN."""
     model.eval()
     out = {f"{r}.{k}": torch.full((len(view),), float("nan")) for r in view.roles for k in ("sum", "n")}
+    if tokens:
+        for r in view.roles:
+            width = max((len(ex[r][1]) for ex in view.examples if r in ex), default=0)
+            out[f"{r}.tokens"] = torch.full((len(view), width), float("nan"))
     with packed_attention(model):
         for start in range(0, len(view), batch_size):
             batch = pack(view, list(range(start, min(start + batch_size, len(view)))), view.roles, pad_id).to(device)
-            for role, s in sequence_logps(model, batch, temperature).items():
+            for role, s in sequence_logps(model, batch, temperature, tokens).items():
                 idx = batch.index[role].cpu()
                 out[f"{role}.sum"][idx] = s.sum.float().cpu()
                 out[f"{role}.n"][idx] = s.n_tokens.float().cpu()
+                if tokens:
+                    out[f"{role}.tokens"][idx, :s.tokens.shape[1]] = torch.where(
+                        s.mask, s.tokens, float("nan")).float().cpu()
     return out

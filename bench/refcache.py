@@ -26,37 +26,41 @@ def view_fingerprint(view: View) -> str:
 
 
 class ReferenceLogps:
-    """S_ref and n for each (role, example) of a view; NaN where an example lacks the role."""
+    """S_ref and n (and per-token log-probs, when cached with them) for each (role, example) of a view; NaN
+    where an example lacks the role."""
 
     def __init__(self, tensors: dict[str, torch.Tensor]):
         self.tensors = tensors
 
     def lookup(self, index: dict[str, torch.Tensor], device) -> BatchLogps:
-        """Reference statistics for the examples ``index[role]`` of each role."""
+        """Reference statistics for the examples ``index[role]`` of each role the batch has."""
         def role(name):
-            if name not in index:
-                return None
             idx = index[name].cpu()
-            return SeqLogps(self.tensors[f"{name}.sum"][idx].to(device), self.tensors[f"{name}.n"][idx].to(device))
+            n = self.tensors[f"{name}.n"][idx]
+            tokens = self.tensors.get(f"{name}.tokens")
+            if tokens is not None:
+                tokens = torch.nan_to_num(tokens[idx, :int(n.max()) if len(n) else 0], nan=0.0).to(device)
+            return SeqLogps(self.tensors[f"{name}.sum"][idx].to(device), n.to(device), tokens)
 
-        chosen = role("chosen") or SeqLogps(torch.zeros(0, device=device), torch.zeros(0, device=device))
-        return BatchLogps(chosen, role("rejected"), role("mismatched"))
+        return BatchLogps(**{name: role(name) for name in index})
 
 
 def cached(cache_dir: Path, ref_key: str, view: View, load_model, pad_id: int, batch_size: int,
-           device, context=contextlib.nullcontext) -> tuple[ReferenceLogps, bool]:
+           device, context=contextlib.nullcontext, tokens: bool = False) -> tuple[ReferenceLogps, bool]:
     """Reference log-probs of ``view`` under the checkpoint ``ref_key``; returns (logps, cache_hit).
 
     ``load_model`` is called only on a miss, and the pass runs inside ``context()`` (for LoRA:
-    the policy with its adapters disabled)."""
-    path = Path(cache_dir) / "reflogps" / f"{ref_key}-{view_fingerprint(view)}.safetensors"
+    the policy with its adapters disabled). ``tokens``: also per-token log-probs (token-level methods),
+    cached in a file of their own so sequence-level methods never pay for them."""
+    suffix = "-tokens" if tokens else ""
+    path = Path(cache_dir) / "reflogps" / f"{ref_key}-{view_fingerprint(view)}{suffix}.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if path.exists():
             return ReferenceLogps(load_file(path)), True
         model = load_model().to(device)
         with context():
-            tensors = score_view(model, view, pad_id, batch_size, device)
+            tensors = score_view(model, view, pad_id, batch_size, device, tokens=tokens)
         del model
         tmp = path.with_suffix(".tmp")
         save_file(tensors, tmp)

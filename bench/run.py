@@ -59,7 +59,9 @@ def check_job(cfg: DictConfig) -> None:
     if cfg.fault not in FAULTS:
         raise UserError(f"fault={cfg.fault!r} is unknown; allowed: {', '.join(FAULTS)}")
     validate(cfg)
-    method_from_config(cfg.method, cfg.strength)
+    if method_from_config(cfg.method, cfg.strength).needs_samples:
+        raise UserError(f"method={cfg.method.name} trains on fresh samples of the policy (online); a job has no "
+                        f"rollout for it yet (bench.trainer.train takes one)")
 
 
 def run_job(cfg: DictConfig, run_dir: str | Path) -> dict:
@@ -135,7 +137,7 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict:
         reference, ref_hit = refcache.cached(
             cfg.cache_dir, stage_key("ref", {"start": str(start)}), view,
             (lambda: model) if lora else (lambda: load_model(start)), group.pad_id, 64, device,
-            context=model.disable_adapter if lora else contextlib.nullcontext)
+            context=model.disable_adapter if lora else contextlib.nullcontext, tokens=method.token_level)
     if cfg.fault == "nan_loss":
         with torch.no_grad():
             for p in model.parameters():

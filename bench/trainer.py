@@ -1,8 +1,9 @@
 """The one trainer: every method, stage and device goes through ``train``.
 
-Per optimizer step: ``grad_accum`` micro-batches, each one forward over the concatenated
-chosen+rejected sequences (plus a no-grad forward for probe roles such as KTO's mismatched
-completions), the method's loss, backward; then gradient clipping, AdamW and the LR schedule.
+Per optimizer step: ``grad_accum`` micro-batches, each one forward over the concatenated sequences of
+the view's trained roles (plus a no-grad forward for its probe roles such as KTO's mismatched
+completions), the method's loss (its per-example losses reduced here, its state threaded through),
+backward; then gradient clipping, AdamW and the LR schedule.
 A non-finite loss or gradient norm stops training before the optimizer step (NonFiniteTraining).
 A checkpoint carries the cumulative trained tokens, train seconds and last logged metrics, so a
 resumed run reports the cost and metrics of all its steps. With a probe, metrics.jsonl starts with a
@@ -33,7 +34,7 @@ from bench.packing import packed_attention, unpacked
 from bench.refcache import ReferenceLogps
 from bench.results import MetricsLog
 from bench.train_metrics import uniform_metrics
-from bench.views import PROBE_ROLES, TRAINED_ROLES, View, pack
+from bench.views import View, pack
 from methods import BatchLogps, Method, SeqLogps
 
 
@@ -118,28 +119,47 @@ def batch_indices(n: int, batch_size: int, seed: int, micro_step: int, rank: int
     return order[start: start + batch_size]
 
 
-def forward(model, view: View, indices: list[int], pad_id: int, device) -> tuple[BatchLogps, dict]:
-    """Policy statistics of a micro-batch, and the example index of each role: one forward with grad
-    for the trained roles (chosen and rejected concatenated), one without grad for probe roles."""
-    trained = pack(view, indices, TRAINED_ROLES, pad_id).to(device)
-    stats, index = sequence_logps(model, trained), dict(trained.index)
-    probe = pack(view, indices, PROBE_ROLES, pad_id)
+def forward(model, view: View, indices: list[int], pad_id: int, device, tokens: bool = False
+            ) -> tuple[BatchLogps, dict]:
+    """Policy statistics of a micro-batch by role, and the example index of each role: one forward with
+    grad for the view's trained roles (concatenated), one without grad for its probe roles. Every trained
+    role is present, with zero sequences when the micro-batch has none. ``tokens``: per-token log-probs too;
+    a view of fresh samples (``View.scores``) adds each sequence's judge score."""
+    spec = view.spec
+    trained = pack(view, indices, spec.roles, pad_id).to(device)
+    stats, index = sequence_logps(model, trained, tokens=tokens), dict(trained.index)
+    probe = pack(view, indices, spec.probe_roles, pad_id) if spec.probe_roles else None
     if probe is not None:
         with torch.no_grad():
-            stats |= sequence_logps(model, probe.to(device))
+            stats |= sequence_logps(model, probe.to(device), tokens=tokens)
         index |= probe.index
     some = next(iter(stats.values()))
-    empty = SeqLogps(some.sum.new_zeros(0), some.n_tokens.new_zeros(0))
-    return BatchLogps(stats.get("chosen", empty), stats.get("rejected"), stats.get("mismatched")), index
+    for role in spec.roles:
+        if role not in stats:
+            stats[role] = SeqLogps(some.sum.new_zeros(0), some.n_tokens.new_zeros(0),
+                                   some.sum.new_zeros(0, 0) if tokens else None)
+            index[role] = torch.zeros(0, dtype=torch.long, device=device)
+    for role, scores in view.scores.items():
+        if role in stats:
+            stats[role] = replace(stats[role], score=torch.tensor(scores, device=device)[index[role]])
+    return BatchLogps(**stats), index
 
 
 def train(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, pad_id: int,
-          reference: ReferenceLogps | None = None, probe=None, desc: str = "train", curve=None) -> dict:
+          reference: ReferenceLogps | None = None, probe=None, desc: str = "train", curve=None,
+          rollout=None) -> dict:
     """Train ``model`` in place; checkpoints and metrics.jsonl go to ``out_dir``. Resumes from
     ``out_dir/checkpoint`` when one exists. ``curve``: called as ``curve(model, step)`` at the steps
-    ``curve.steps(total_steps)`` names (evaluation along training). Returns the final metrics and compute statistics."""
-    if method.needs_reference and reference is None:
+    ``curve.steps(total_steps)`` names (evaluation along training). ``rollout``: the seam for methods that
+    train on fresh samples (``needs_samples``), called as ``rollout(model, indices, step)`` for each
+    micro-batch of ``view``'s examples and returning ``(View, ReferenceLogps | None)``: the sequences to
+    train on, with judge scores in ``View.scores``, and the reference's statistics of them. A stateful
+    method's state is threaded through its losses and saved with the optimizer. Returns the final metrics
+    and compute statistics."""
+    if method.needs_reference and reference is None and rollout is None:
         raise ValueError(f"method {method.name} needs reference log-probs")
+    if method.needs_samples and rollout is None:
+        raise ValueError(f"method {method.name} trains on fresh samples of the policy: train() needs a rollout")
     accelerator = make_accelerator(spec)
     if spec.epochs:
         per_step = spec.batch_size * spec.grad_accum * accelerator.num_processes
@@ -150,6 +170,9 @@ def train(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, pad
                               num_training_steps=spec.steps)
     curve_at = curve.steps(spec.steps) if curve is not None else set()
     start_step, progress = load_checkpoint(out_dir / "checkpoint", model, optimizer, scheduler)
+    state = method.initial_state()
+    if state is not None and start_step:
+        state = progress["method_state"]
     if spec.gradient_checkpointing:
         enable_checkpointing(model)
     model, optimizer = accelerator.prepare(model, optimizer)  # the schedule counts optimizer steps: not prepared
@@ -176,16 +199,23 @@ def train(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, pad
                                         rank, accelerator.num_processes, spec.shuffle)
                           for rank in range(accelerator.num_processes)]  # shard r is rank r's part of the batch
                 indices = shards[accelerator.process_index]
+                batch_view, batch_ref = (rollout(model, indices, step) if method.needs_samples
+                                         else (view, reference))
+                rows = range(len(batch_view)) if method.needs_samples else indices
                 with accelerator.accumulate(model):
                     with accelerator.autocast():
-                        policy, index = forward(model, view, indices, pad_id, device)
-                    ref = reference.lookup(index, device) if reference is not None else None
+                        policy, index = forward(model, batch_view, rows, pad_id, device, method.token_level)
+                    ref = batch_ref.lookup(index, device) if batch_ref is not None else None
                     # every process scores the global micro-batch (bench.distributed: exact for every loss)
                     policy, ref = gather_batch(policy), gather_batch(ref)
-                    out = method.loss(policy, ref if method.needs_reference else None)
-                    if not torch.isfinite(out.loss):
-                        raise NonFiniteLoss(f"non-finite loss ({float(out.loss)}) at step {step + 1}")
-                    accelerator.backward(out.loss)
+                    ref = ref if method.needs_reference else None
+                    out = method.loss(policy, ref) if state is None else method.loss(policy, ref, state)
+                    loss = out.total()
+                    if not torch.isfinite(loss):
+                        raise NonFiniteLoss(f"non-finite loss ({float(loss)}) at step {step + 1}")
+                    if out.state is not None:
+                        state = {k: v.detach() for k, v in out.state.items()}
+                    accelerator.backward(loss)
                     if accelerator.sync_gradients:  # max_norm inf: the total norm, grads left as they are
                         norm = accelerator.clip_grad_norm_(model.parameters(),
                                                            spec.max_grad_norm if spec.max_grad_norm > 0 else math.inf)
@@ -196,10 +226,11 @@ def train(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, pad
                     if accelerator.sync_gradients:
                         scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
-                tokens += view.n_tokens([i for shard in shards for i in shard])
-                m = uniform_metrics(policy, ref, spec.reward_beta, paired=view.name == "paired")
+                tokens += (batch_view.n_tokens(rows) * accelerator.num_processes if method.needs_samples
+                           else view.n_tokens([i for shard in shards for i in shard]))
+                m = uniform_metrics(policy, ref, spec.reward_beta, batch_view.spec)
                 m |= {k: float(v) for k, v in out.metrics.items()}
-                m["loss"] = float(out.loss.detach())
+                m["loss"] = float(loss.detach())
                 step_metrics.append(m)
             elapsed, cpu = elapsed + time.perf_counter() - t0, cpu + time.process_time() - c0
             done = step + 1
@@ -217,7 +248,8 @@ def train(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, pad
                 accelerator.wait_for_everyone()
                 if accelerator.is_main_process:
                     save_checkpoint(out_dir / "checkpoint", accelerator.unwrap_model(model), optimizer, scheduler, done,
-                                    {"tokens": tokens, "seconds": elapsed, "cpu_seconds": cpu, "last": last})
+                                    {"tokens": tokens, "seconds": elapsed, "cpu_seconds": cpu, "last": last}
+                                    | ({"method_state": state} if state is not None else {}))
             if done in curve_at and done < spec.steps:  # the end: the run's full evaluation
                 _call_curve(curve, accelerator, model, done)
             kill_point(f"train_step_{done}")
@@ -227,4 +259,5 @@ def train(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, pad
         model.gradient_checkpointing_disable()
     model.eval()
     return {"final": last, "train_tokens": tokens, "train_seconds": elapsed, "train_cpu_seconds": cpu,
-            "optimizer_steps": spec.steps, "tokens_per_s": tokens / max(elapsed, 1e-9), "resumed_from_step": start_step}
+            "optimizer_steps": spec.steps, "tokens_per_s": tokens / max(elapsed, 1e-9), "resumed_from_step": start_step,
+            "method_state": state}

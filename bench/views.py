@@ -1,71 +1,56 @@
-"""Data views that methods declare, and batching of their sequences into padded forward passes.
-
-An example of a view maps roles to (prompt_ids, completion_ids) sequences:
-  paired:   chosen, rejected
-  sft:      chosen
-  unpaired: chosen (desirable) or rejected (undesirable), plus mismatched (the prompt with another
-            example's completion, a seeded derangement, so its reference log-probs cache like the rest)
-"""
+"""Views of a tokenized split (the roles a method's batches hold, declared in ``methods.views``), and
+batching of their sequences into right-padded forward passes."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from datasets import Dataset
 
-from bench.data import derangement
 from bench.errors import UserError
-
-Seq = tuple[list[int], list[int]]
-TRAINED_ROLES = ("chosen", "rejected")
-PROBE_ROLES = ("mismatched",)
+from methods import ViewSpec, view_spec
+from methods.views import Seq
 
 
 @dataclass
 class View:
+    """The examples of a view (role -> (prompt_ids, completion_ids)); ``scores``: judge scores by role and
+    example, for views of fresh samples (online methods)."""
+
     name: str
     examples: list[dict[str, Seq]]
+    scores: dict[str, list[float]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.examples)
 
     @property
+    def spec(self) -> ViewSpec:
+        return view_spec(self.name)
+
+    @property
     def roles(self) -> list[str]:
         return sorted({r for ex in self.examples for r in ex})
 
-    def n_tokens(self, indices, roles=TRAINED_ROLES) -> int:
-        """Tokens of the sequences trained on (probe roles such as KTO's mismatched excluded)."""
+    def n_tokens(self, indices, roles=None) -> int:
+        """Tokens of the sequences trained on: the view's trained roles (probe roles such as KTO's
+        mismatched excluded) unless ``roles`` says otherwise."""
+        roles = self.spec.roles if roles is None else roles
         return sum(len(p) + len(c) for i in indices for r, (p, c) in self.examples[i].items() if r in roles)
 
 
 def build_view(name: str, kind: str, ds: Dataset, seed: int) -> View:
     """The ``name`` view of a tokenized split of ``kind`` ('paired' or 'unpaired') data."""
-    p = list(ds["prompt_ids"])
-    if kind == "paired":
-        c, r = list(ds["chosen_ids"]), list(ds["rejected_ids"])
-        if name == "paired":
-            return View(name, [{"chosen": (p[i], c[i]), "rejected": (p[i], r[i])} for i in range(len(p))])
-        if name == "sft":
-            return View(name, [{"chosen": (p[i], c[i])} for i in range(len(p))])
-        if name == "unpaired":  # each pair gives one desirable and one undesirable example
-            prompts, completions, labels = p + p, c + r, [True] * len(p) + [False] * len(p)
-            return _unpaired(prompts, completions, labels, seed)
-    else:
-        comp, labels = list(ds["completion_ids"]), list(ds["label"])
-        if name == "unpaired":
-            return _unpaired(p, comp, labels, seed)
-        if name == "sft":
-            return View(name, [{"chosen": (p[i], comp[i])} for i in range(len(p)) if labels[i]])
-    raise UserError(f"the {name!r} view needs paired data (prompt/chosen/rejected); this dataset is {kind}")
-
-
-def _unpaired(prompts, completions, labels, seed: int) -> View:
-    partner = derangement(len(prompts), seed)
-    return View("unpaired", [
-        {("chosen" if labels[i] else "rejected"): (prompts[i], completions[i]),
-         "mismatched": (prompts[i], completions[partner[i]])}
-        for i in range(len(prompts))
-    ])
+    try:
+        spec = view_spec(name)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if kind not in spec.kinds:
+        need = " or ".join(spec.kinds)
+        raise UserError(f"the {name!r} view needs {need} data"
+                        + (" (prompt/chosen/rejected)" if spec.kinds == ("paired",) else "")
+                        + f"; this dataset is {kind}")
+    return View(name, spec.build(kind, {c: list(ds[c]) for c in ds.column_names}, seed))
 
 
 @dataclass

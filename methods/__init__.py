@@ -11,9 +11,11 @@ import pkgutil
 from importlib.metadata import entry_points
 
 from methods.base import STRENGTH, BatchLogps, LossOutput, Method, SeqLogps, scaled_by_strength
+from methods.views import _VIEWS, ViewSpec, register_view
 
-__all__ = ["BatchLogps", "LossOutput", "Method", "SeqLogps", "register", "registry", "build_method",
-           "scaled_by_strength", "apply_strength"]
+__all__ = ["BatchLogps", "LossOutput", "Method", "SeqLogps", "ViewSpec", "register", "register_view", "registry",
+           "build_method", "scaled_by_strength", "apply_strength", "view_spec"]
+INTERFACE = ("base", "views")  # the modules of this package that hold no method
 
 ENTRY_POINT_GROUP = "prefbench.methods"
 _REGISTRY: dict[str, type[Method]] = {}
@@ -33,12 +35,20 @@ def registry() -> dict[str, type[Method]]:
     global _loaded
     if not _loaded:
         for module in pkgutil.iter_modules(__path__):
-            if module.name != "base":
+            if module.name not in INTERFACE:
                 importlib.import_module(f"{__name__}.{module.name}")
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             register(ep.load())
         _loaded = True
     return dict(sorted(_REGISTRY.items()))
+
+
+def view_spec(name: str) -> ViewSpec:
+    """The registered view ``name`` (built-in, or registered by a plugin's module); ``ValueError`` if none."""
+    registry()  # plugins register their views when their module loads
+    if name not in _VIEWS:
+        raise ValueError(f"view {name!r} is not registered; registered: {', '.join(sorted(_VIEWS))}")
+    return _VIEWS[name]
 
 
 def build_method(name: str, **params) -> Method:
@@ -47,6 +57,7 @@ def build_method(name: str, **params) -> Method:
     if name not in methods:
         raise ValueError(f"method={name!r} is not registered; allowed: {', '.join(methods)}")
     cls = methods[name]
+    view_spec(cls.view)  # a method's view must be registered
     fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
     unknown = sorted(set(params) - fields)
     if unknown:

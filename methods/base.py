@@ -1,17 +1,28 @@
-"""The method interface: a method is a pure loss over per-sequence log-prob statistics.
+"""The method interface: a method is a pure loss over log-prob statistics the trainer computes.
 
-The trainer does every forward pass and hands a method the completion-token statistics of the
-policy (and of the reference, when the method declares ``needs_reference``). A method never sees
-the model, never mutates state, and returns one scalar loss plus optional extra metrics.
+The trainer does every forward pass and hands a method the completion-token statistics of the policy (and of
+the reference, when the method declares ``needs_reference``), by role of the method's view
+(``methods.views``). A method never sees the model and never mutates anything; it returns a scalar loss or
+per-example losses for the trainer to reduce, extra metrics, and, if it keeps running state, its next state.
+What a method may declare, all optional but ``name``, ``view`` and ``needs_reference``:
+
+  view            a registered view: the roles of its batches (``methods.views``)
+  needs_reference whether ``loss`` gets the reference's statistics (cached, one pass per view)
+  init            'base' or 'sft': the checkpoint training starts from
+  token_level     the trainer adds per-token log-probs, the policy's and the reference's (``SeqLogps.tokens``)
+  needs_samples   online: each step trains on fresh policy samples with judge scores (``SeqLogps.score``);
+                  the trainer takes them from its ``rollout`` (``bench.trainer.train``)
+  initial_state() running state (tensors) for ``loss(policy, reference, state)``, checkpointed with the optimizer
+  scaled_by_strength(...) fields that the sweep's ``strength`` scales
 """
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 import torch
 
-View = Literal["paired", "unpaired", "sft"]
 Init = Literal["base", "sft"]
 
 
@@ -20,33 +31,56 @@ class SeqLogps:
     """Per-sequence statistics over completion tokens only, shape (B,).
 
     ``sum`` is S(y) = sum_t log pi(y_t | x, y_<t); ``n_tokens`` is n(y); ``mean`` is A(y) = S(y)/n(y).
+    ``tokens`` (token-level methods only): log pi(y_t | x, y_<t), shape (B, T), right-padded with 0 (``mask``).
+    ``score`` (online methods only): the judge's score of each sequence.
     """
 
     sum: torch.Tensor
     n_tokens: torch.Tensor
+    tokens: torch.Tensor | None = None
+    score: torch.Tensor | None = None
 
     @property
     def mean(self) -> torch.Tensor:
         return self.sum / self.n_tokens.clamp(min=1)
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """(B, T) True at the completion tokens of ``tokens``."""
+        width = 0 if self.tokens is None else self.tokens.shape[1]
+        return torch.arange(width, device=self.n_tokens.device)[None] < self.n_tokens[:, None]
 
     def token_mean_nll(self) -> torch.Tensor:
         """NLL averaged over every completion token of the batch: -sum_i S(y_i) / sum_i n(y_i)."""
         return -self.sum.sum() / self.n_tokens.sum().clamp(min=1)
 
 
-@dataclass(frozen=True)
-class BatchLogps:
-    """The sequences of one batch, by role.
+class BatchLogps(Mapping[str, SeqLogps]):
+    """The sequences of one batch by role: ``batch["chosen"]`` or ``batch.chosen``. Every trained role of the
+    view is present (with zero sequences when the batch has none of it); a role the view does not declare
+    reads as None. paired view: ``chosen[i]`` and ``rejected[i]`` share a prompt. unpaired view: ``chosen``
+    are the desirable and ``rejected`` the undesirable examples (not aligned), ``mismatched`` pairs each
+    prompt with another example's completion (KTO's KL estimate). sft view: ``chosen`` only."""
 
-    paired view: ``chosen[i]`` and ``rejected[i]`` share a prompt.
-    unpaired view: ``chosen`` are the desirable and ``rejected`` the undesirable examples (not aligned);
-    ``mismatched`` pairs each prompt with another example's completion (KTO's KL estimate).
-    sft view: ``chosen`` only.
-    """
+    def __init__(self, **roles: SeqLogps | None):
+        self._roles = {role: s for role, s in roles.items() if s is not None}
 
-    chosen: SeqLogps
-    rejected: SeqLogps | None = None
-    mismatched: SeqLogps | None = None
+    def __getitem__(self, role: str) -> SeqLogps:
+        return self._roles[role]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._roles)
+
+    def __len__(self) -> int:
+        return len(self._roles)
+
+    def __getattr__(self, role: str) -> SeqLogps | None:
+        if role.startswith("__"):
+            raise AttributeError(role)
+        return self.__dict__.get("_roles", {}).get(role)
+
+    def __repr__(self) -> str:
+        return f"BatchLogps({', '.join(f'{r}: {len(s.sum)}' for r, s in self._roles.items())})"
 
 
 STRENGTH = "strength"  # dataclass field metadata: how the sweep's `strength` scales the field
@@ -61,23 +95,44 @@ def scaled_by_strength(default: float, *, divide: bool = False):
 
 @dataclass
 class LossOutput:
-    loss: torch.Tensor
+    """``loss``: the scalar to minimise; or ``losses``, one per example, which the trainer reduces to their
+    mean, weighted by ``weights`` when given (WPO-style or class-imbalance weights). ``state``: a stateful
+    method's state after this batch."""
+
+    loss: torch.Tensor | None = None
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+    losses: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
+    state: dict[str, torch.Tensor] | None = None
+
+    def total(self) -> torch.Tensor:
+        if self.loss is not None:
+            return self.loss
+        if self.losses is None:
+            raise ValueError("a method's LossOutput needs loss or losses")
+        if self.weights is None:
+            return self.losses.mean()
+        return (self.weights * self.losses).sum() / self.weights.sum()
 
 
 class Method:
-    """Base class of every method plugin. Subclasses are dataclasses whose fields are hyper-parameters.
-
-    ``view`` names the data view the trainer feeds it; ``needs_reference`` whether ``loss`` gets
-    reference statistics; ``init`` whether training starts from the base or the SFT policy.
-    """
+    """Base class of every method plugin. Subclasses are dataclasses whose fields are hyper-parameters;
+    the class attributes are the declarations listed in this module's docstring."""
 
     name: ClassVar[str]
-    view: ClassVar[View]
+    view: ClassVar[str]
     needs_reference: ClassVar[bool]
     init: ClassVar[Init] = "base"
+    token_level: ClassVar[bool] = False
+    needs_samples: ClassVar[bool] = False
+
+    def initial_state(self) -> dict[str, torch.Tensor] | None:
+        """A stateful method's state before its first batch; None (the default) for a stateless one."""
+        return None
 
     def loss(self, policy: BatchLogps, reference: BatchLogps | None) -> LossOutput:
+        """A stateful method takes a third argument, ``state`` (its ``initial_state()``, then the ``state``
+        of its previous LossOutput)."""
         raise NotImplementedError
 
     @staticmethod

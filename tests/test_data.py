@@ -4,7 +4,8 @@ from collections import Counter
 import pytest
 from omegaconf import OmegaConf
 
-from bench.data import clean_rows, derangement, tokenize
+from bench.data import clean_rows, tokenize
+from methods.views import derangement
 from bench.errors import UserError
 from bench.tasks import get_task, task_names
 from bench.tokenizer import train_bpe

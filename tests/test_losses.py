@@ -15,8 +15,8 @@ def sig(x):
     return 1 / (1 + math.exp(-x))
 
 
-POLICY = BatchLogps(seqs([-10.0, -20.0], [5, 4]), seqs([-12.0, -15.0], [6, 3]))
-REFERENCE = BatchLogps(seqs([-11.0, -19.0], [5, 4]), seqs([-11.0, -16.0], [6, 3]))
+POLICY = BatchLogps(chosen=seqs([-10.0, -20.0], [5, 4]), rejected=seqs([-12.0, -15.0], [6, 3]))
+REFERENCE = BatchLogps(chosen=seqs([-11.0, -19.0], [5, 4]), rejected=seqs([-11.0, -16.0], [6, 3]))
 
 
 def test_dpo_by_hand():
@@ -33,8 +33,8 @@ def test_ipo_by_hand_uses_length_averaged_logps():
 
 
 def test_kto_by_hand():
-    policy = BatchLogps(seqs([-10.0], [5]), seqs([-12.0, -15.0], [6, 3]), mismatched=seqs([-30.0, -28.0, -26.0], [1, 1, 1]))
-    reference = BatchLogps(seqs([-11.0], [5]), seqs([-11.0, -16.0], [6, 3]), mismatched=seqs([-31.0, -29.0, -27.0], [1, 1, 1]))
+    policy = BatchLogps(chosen=seqs([-10.0], [5]), rejected=seqs([-12.0, -15.0], [6, 3]), mismatched=seqs([-30.0, -28.0, -26.0], [1, 1, 1]))
+    reference = BatchLogps(chosen=seqs([-11.0], [5]), rejected=seqs([-11.0, -16.0], [6, 3]), mismatched=seqs([-31.0, -29.0, -27.0], [1, 1, 1]))
     z = 1.0  # mean of the mismatched log-ratios, clamped at 0
     r_d, r_u = [1.0], [-1.0, 1.0]
     losses = [2.0 * (1 - sig(0.1 * (r - z))) for r in r_d] + [0.5 * (1 - sig(0.1 * (z - r))) for r in r_u]
@@ -45,8 +45,8 @@ def test_kto_by_hand():
 
 def test_kto_kl_estimate_is_clamped_at_zero_and_detached():
     mis = seqs([-30.0, -28.0], [1, 1]).sum.clone().requires_grad_()
-    policy = BatchLogps(seqs([-10.0], [5]), seqs([-12.0], [6]), mismatched=SeqLogps(mis, torch.ones(2)))
-    reference = BatchLogps(seqs([-11.0], [5]), seqs([-11.0], [6]), mismatched=seqs([-20.0, -20.0], [1, 1]))
+    policy = BatchLogps(chosen=seqs([-10.0], [5]), rejected=seqs([-12.0], [6]), mismatched=SeqLogps(mis, torch.ones(2)))
+    reference = BatchLogps(chosen=seqs([-11.0], [5]), rejected=seqs([-11.0], [6]), mismatched=seqs([-20.0, -20.0], [1, 1]))
     out = build_method("kto").loss(policy, reference)
     assert float(out.metrics["kto/kl"]) == 0.0
     assert not out.loss.requires_grad  # nothing trainable reached the loss but the detached KL term
@@ -62,7 +62,7 @@ def test_orpo_by_hand():
 
 
 def test_orpo_is_finite_near_probability_one():
-    policy = BatchLogps(seqs([-1e-9], [3]), seqs([-50.0], [3]))
+    policy = BatchLogps(chosen=seqs([-1e-9], [3]), rejected=seqs([-50.0], [3]))
     assert torch.isfinite(build_method("orpo").loss(policy, None).loss)
 
 
@@ -77,7 +77,7 @@ def test_non_positive_hyperparameters_are_rejected(name, key):
 
 
 def test_kto_batch_with_one_kind_of_example():
-    policy = BatchLogps(seqs([-10.0, -9.0], [5, 5]), None, mismatched=seqs([-30.0], [1]))
-    reference = BatchLogps(seqs([-11.0, -9.0], [5, 5]), None, mismatched=seqs([-31.0], [1]))
+    policy = BatchLogps(chosen=seqs([-10.0, -9.0], [5, 5]), mismatched=seqs([-30.0], [1]))
+    reference = BatchLogps(chosen=seqs([-11.0, -9.0], [5, 5]), mismatched=seqs([-31.0], [1]))
     expected = ((1 - sig(0.1 * (1.0 - 1.0))) + (1 - sig(0.1 * (0.0 - 1.0)))) / 2
     assert float(build_method("kto").loss(policy, reference).loss) == pytest.approx(expected, abs=1e-12)

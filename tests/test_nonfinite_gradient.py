@@ -44,7 +44,7 @@ def test_orpo_nan_gradient_with_a_finite_loss_fails_the_step(max_grad_norm, tmp_
     with torch.no_grad():  # the premise: mean log-prob of chosen exactly 0, the loss finite
         s = sequence_logps(model, pack(TOY, [0, 1], ("chosen", "rejected"), 0))
         assert (s["chosen"].mean == 0).all()
-        assert torch.isfinite(orpo.loss(BatchLogps(s["chosen"], s["rejected"]), None).loss)
+        assert torch.isfinite(orpo.loss(BatchLogps(chosen=s["chosen"], rejected=s["rejected"]), None).loss)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     spec = TrainSpec(steps=2, batch_size=2, lr=1e-2, warmup_ratio=0.0, scheduler="constant", log_every=1,
                      checkpoint_every=1, max_grad_norm=max_grad_norm, progress=False)

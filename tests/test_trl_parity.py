@@ -67,9 +67,9 @@ def test_dpo_and_ipo_match_trl(tok, model, loss_type, name, beta, tmp_path, logp
         "input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "completion_mask": batch.completion_mask,
         "ref_chosen_logps": REF_CHOSEN, "ref_rejected_logps": REF_REJECTED}, return_outputs=False)
     stats = logps(trainer.model, batch)
-    policy = methods.BatchLogps(stats["chosen"], stats["rejected"])
-    reference = methods.BatchLogps(methods.SeqLogps(REF_CHOSEN, stats["chosen"].n_tokens),
-                                   methods.SeqLogps(REF_REJECTED, stats["rejected"].n_tokens))
+    policy = methods.BatchLogps(chosen=stats["chosen"], rejected=stats["rejected"])
+    reference = methods.BatchLogps(chosen=methods.SeqLogps(REF_CHOSEN, stats["chosen"].n_tokens),
+                                   rejected=methods.SeqLogps(REF_REJECTED, stats["rejected"].n_tokens))
     ours = methods.build_method(name, beta=beta).loss(policy, reference).loss
     assert float(ours) == pytest.approx(float(trl_loss), abs=1e-5)
 
@@ -103,10 +103,10 @@ def test_kto_matches_trl(tok, model, tmp_path, logps):
         "KL_completion_mask": kl.completion_mask, "ref_logps": ref[order], "ref_KL_logps": ref_kl},
         return_outputs=False)
     stats = logps(trainer.model, main) | logps(trainer.model, kl)
-    policy = methods.BatchLogps(stats["chosen"], stats["rejected"], stats["mismatched"])
-    reference = methods.BatchLogps(methods.SeqLogps(ref[main.index["chosen"]], stats["chosen"].n_tokens),
-                                   methods.SeqLogps(ref[main.index["rejected"]], stats["rejected"].n_tokens),
-                                   methods.SeqLogps(ref_kl, stats["mismatched"].n_tokens))
+    policy = methods.BatchLogps(chosen=stats["chosen"], rejected=stats["rejected"], mismatched=stats["mismatched"])
+    reference = methods.BatchLogps(chosen=methods.SeqLogps(ref[main.index["chosen"]], stats["chosen"].n_tokens),
+                                   rejected=methods.SeqLogps(ref[main.index["rejected"]], stats["rejected"].n_tokens),
+                                   mismatched=methods.SeqLogps(ref_kl, stats["mismatched"].n_tokens))
     ours = methods.build_method("kto", beta=0.2, desirable_weight=1.5, undesirable_weight=0.7).loss(policy, reference)
     assert float(ours.loss) == pytest.approx(float(trl_loss), abs=1e-5)
 
@@ -122,7 +122,7 @@ def test_orpo_odds_ratio_matches_trl(tok, model, tmp_path, logps):
     losses, *_ = trainer.odds_ratio_loss(stats["chosen"].mean, stats["rejected"].mean)
     # TRL's ORPO loss is NLL - mean(beta * log sigma(log_odds)); its NLL also counts prompt tokens, so we
     # compare the odds-ratio term on identical log-probs and the NLL term against transformers below.
-    ours = methods.build_method("orpo", lam=0.25).loss(methods.BatchLogps(stats["chosen"], stats["rejected"]), None)
+    ours = methods.build_method("orpo", lam=0.25).loss(methods.BatchLogps(chosen=stats["chosen"], rejected=stats["rejected"]), None)
     nll = -stats["chosen"].sum.sum() / stats["chosen"].n_tokens.sum()
     assert float(ours.loss) == pytest.approx(float(nll - losses.mean()), abs=1e-5)
 
@@ -132,7 +132,7 @@ def test_sft_matches_transformers_loss(model, tok, logps):
     labels = batch.input_ids.masked_fill(batch.completion_mask == 0, -100)
     hf_loss = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=labels).loss
     stats = logps(model, batch)
-    ours = methods.build_method("sft").loss(methods.BatchLogps(stats["chosen"]), None).loss
+    ours = methods.build_method("sft").loss(methods.BatchLogps(chosen=stats["chosen"]), None).loss
     assert float(ours) == pytest.approx(float(hf_loss), abs=1e-5)
 
 
