@@ -20,10 +20,12 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
      ("sampling", "embedder", "eval_metrics", "frontier", "judges", "curve", "evaluate")),
     ("job", "a config -> a run folder; sweeps",
      ("config", "pipeline", "run", "reeval", "sweep")),
+    ("perf", "prefbench's trainer against TRL's on identical inputs (TRL adapters per method), its plot",
+     ("perf",)),
     ("report", "statistics, plots, the HTML page, the tuning table",
      ("stats", "report_stats", "report_plots", "report_frontier", "report_frontier_plots", "report", "tuning")),
-    ("tools", "command line, benchmark against TRL",
-     ("perf", "cli")),
+    ("tools", "the command line",
+     ("cli",)),
 )
 
 

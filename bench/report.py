@@ -10,18 +10,18 @@ import html
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 
 from bench.errors import UserError
 from bench.faults import kill_point
+from bench.perf.plot import PERF_CAPTION, PERF_COLUMNS, load_perf, plot_perf
 from bench.report_plots import (PLOTS, plot_compute, plot_diversity, plot_logp_dynamics,  # noqa: F401 (the API)
                                 plot_reward_distributions, plot_reward_kl, plot_win_rate_matrix,
                                 plot_win_rate_vs_flops, plot_win_rate_vs_size, win_rate_matrix)
 from bench.report_frontier import frontier_html, ranking_columns
 from bench.report_frontier_plots import FRONTIER_PLOTS
-from bench.report_stats import METHOD_ORDER, done, pairwise, statistics_html
-from bench.results import read_json, write_atomic
+from bench.report_stats import done, pairwise, statistics_html
+from bench.results import write_atomic
 from bench.stats import collapse_reasons
 from bench.sweep import run_rows, status_line, swept_keys
 
@@ -56,49 +56,6 @@ def load_runs(sweep_dir: str | Path) -> pd.DataFrame:
     return df
 
 
-def load_perf(folder: str | Path) -> pd.DataFrame:
-    """One row per (``prefbench perf`` JSON, method), from ``folder`` and its ``perf/`` subfolder."""
-    folder = Path(folder)
-    rows = []
-    for path in sorted([*folder.glob("perf-*.json"), *folder.glob("perf/perf-*.json")]):
-        data = read_json(path, None)
-        if not isinstance(data, dict) or "table" not in data:
-            continue
-        cfg, env = data.get("config", {}), data.get("environment", {})
-        label = f"{cfg.get('data', '?')} data, {env.get('device', 'cpu')}"
-        rows += [{"file": path.name, "setting": label, **{f"config.{k}": v for k, v in cfg.items() if k != "methods"},
-                  **r} for r in data["table"]]
-    return pd.DataFrame(rows)
-
-
-def plot_perf(perf: pd.DataFrame) -> plt.Figure:
-    """Speed and peak-memory ratios prefbench/TRL per method, one bar per perf run."""
-    methods = [m for m in METHOD_ORDER if m in set(perf["method"])] + sorted(set(perf["method"]) - set(METHOD_ORDER))
-    runs = list(dict.fromkeys(zip(perf["file"], perf["setting"])))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    width = 0.8 / len(runs)
-    for ax, col, title, line in ((axes[0], "speed_ratio", "tokens/s, prefbench / TRL (higher = faster)", 1.25),
-                                 (axes[1], "memory_ratio", "peak memory, prefbench / TRL (lower = less)", 1.0)):
-        for i, (file, setting) in enumerate(runs):
-            g = perf[perf["file"] == file].set_index("method")[col]
-            ax.bar(np.arange(len(methods)) + i * width, [g.get(m, np.nan) for m in methods], width, label=setting)
-        ax.axhline(1.0, color="k", lw=0.8)
-        if line != 1.0:
-            ax.axhline(line, color="k", lw=0.8, ls="--")
-        ax.set_xticks(np.arange(len(methods)) + width * (len(runs) - 1) / 2, methods)
-        ax.set_title(title, fontsize=10)
-    axes[0].legend(fontsize=7)
-    fig.suptitle("prefbench vs TRL on identical inputs (prefbench perf)")
-    fig.tight_layout()
-    return fig
-
-
-PERF_CAPTION = ("Each bar: the median over alternating repetitions of one `prefbench perf` run (same model, rows, "
-                "order, batch, optimizer and gradient checkpointing on both sides). Dashed: the 1.25x speed target.")
-
-PERF_COLUMNS = ["setting", "method", "trl_trainer", "prefbench_tokens_per_s", "trl_tokens_per_s", "speed_ratio",
-                "prefbench_peak_mb", "trl_peak_mb", "memory_ratio", "prefbench_final_loss", "trl_final_loss",
-                "step_cost_vs_orpo"]
 TABLE_COLUMNS = ["method", "series", "model", "seed", "hyper", "status", "n_params", "eval/win_rate_vs_sft",
                  "eval/win_rate_vs_chosen", "collapsed", "collapse_reason", "eval/score_mean", "eval/reward_margin", "eval/reward_accuracy",
                  "eval/kl", "eval/pid", "eval/distinct_2", "cost/train_tokens_per_s", "wall_seconds", "error"]

@@ -117,7 +117,8 @@ class Hinge(Method):
 '''
 
 
-def test_external_plugin_is_discovered_by_entry_point_and_trains(tmp_path, shared_cache):
+def install_plugin(tmp_path) -> dict:
+    """The README's hinge method as an installed package (an entry point) with its yaml folder; returns the env."""
     site = tmp_path / "site"
     (site / "myplugin").mkdir(parents=True)
     (site / "myplugin" / "__init__.py").write_text(textwrap.dedent(PLUGIN))
@@ -128,7 +129,11 @@ def test_external_plugin_is_discovered_by_entry_point_and_trains(tmp_path, share
     conf = tmp_path / "conf" / "method"
     conf.mkdir(parents=True)
     (conf / "hinge.yaml").write_text("name: hinge\nbeta: 0.5\n")
-    env = {"PYTHONPATH": str(site)}
+    return {"PYTHONPATH": str(site)}
+
+
+def test_external_plugin_is_discovered_by_entry_point_and_trains(tmp_path, shared_cache):
+    env = install_plugin(tmp_path)
     assert "hinge    paired    yes       sft   beta=0.5" in prefbench("methods", env=env).stdout
     prefbench("run", "method=hinge", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", f"results_dir={tmp_path}",
               f"cache_dir={shared_cache}", *SMOKE, env=env)

@@ -22,6 +22,10 @@ def test_perf_prints_and_saves_a_table(tmp_path):
     saved = json.loads(next(tmp_path.glob("perf-*.json")).read_text())
     table = {r["method"]: r for r in saved["table"]}
     assert table["dpo"]["trl_trainer"] == "DPOTrainer" and table["dpo"]["speed_ratio"] > 0
+    for impl in ("prefbench", "trl"):  # each side credited with its own tokens; CPU time and load beside wall
+        trial = saved["trials"]["dpo"][impl][0]
+        assert trial["cpu_seconds"] > 0 and "load_before" in trial and table["dpo"][f"{impl}_tokens"] == trial["tokens"]
+    assert saved["model"]["vocab"] < 1024 and saved["model"]["n_params"] > 0
     # same init, rows, order and optimizer: the first loss is identical on both sides
     for method in ("sft", "dpo"):
         trials = saved["trials"][method]
@@ -36,3 +40,28 @@ def test_perf_prints_and_saves_a_table(tmp_path):
     assert "prefbench vs TRL" in page and 'src="perf.png"' in page and "DPOTrainer" in page
     assert (tmp_path / "report" / "perf.png").stat().st_size > 10_000 and "report:" in report
     assert {r["method"] for r in csv.DictReader((tmp_path / "perf.csv").open())} == {"sft", "dpo", "kto"}
+
+
+def test_perf_help_and_bad_settings_are_answered_before_any_trial(tmp_path):
+    usage = prefbench("perf", "--help").stdout
+    assert "prefbench perf [methods=" in usage and "rep 0" not in usage
+    bad = prefbench("perf", "step=5", check=False)
+    assert bad.returncode == 2 and "perf: unknown setting 'step'; allowed: methods, steps" in bad.stderr
+    missing = prefbench("perf", "methods=[hinge]", check=False)
+    assert missing.returncode == 2 and "perf: method 'hinge' is not registered" in missing.stderr
+
+
+def test_a_method_without_a_trl_adapter_is_measured_alone(tmp_path):
+    from tests.test_cli import install_plugin
+
+    env = install_plugin(tmp_path)
+    short = prefbench("perf", "methods=[hinge]", "steps=2", "reps=1", "seq_len=16", env=env, check=False)
+    assert short.returncode == 2 and "perf: only 0 rows fit in seq_len=16 untruncated" in short.stderr
+    out = prefbench("perf", "methods=[hinge]", "steps=2", "reps=1", "batch_size=2", "seq_len=256", "hidden=32",
+                    "layers=1", "vocab=1024", f"out={tmp_path / 'perf'}", env=env).stdout
+    assert "hinge: no TRL adapter (bench/perf/trl_adapters.py): prefbench is measured alone" in out
+    assert "rep 0 hinge prefbench" in out and "trl" not in out.split("hinge: no TRL adapter")[1].split("\n")[1]
+    saved = json.loads(next((tmp_path / "perf").glob("perf-*.json")).read_text())
+    row = saved["table"][0]
+    assert row["method"] == "hinge" and row["trl_trainer"] == "" and "speed_ratio" not in row
+    assert set(saved["trials"]["hinge"]) == {"prefbench"} and saved["trials"]["hinge"]["prefbench"][0]["tokens"] > 0
