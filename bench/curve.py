@@ -138,7 +138,7 @@ def best_of_n_rows(cfg, group, anchor, judges, prompts: list, prompt_ids: list, 
         scores, golds = judge.score(flat_prompts, texts), gold.score(flat_prompts, texts) if gold else None
         return _bon_table(scores, golds, anchor_scores, m)
 
-    return cached_json(cfg.cache_dir, "best_of_n", Path(group.sft).name,
+    return cached_json(cfg.cache_dir, "best_of_n", Path(group.sft_stage()).name,
                        [prompt_ids, dict(cfg.eval), int(cfg.task.max_new_tokens), int(cfg.seed),
                         OmegaConf.to_container(cfg.judge, resolve=True), anchor_scores, "best_of_n"], build)
 

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModel, AutoTokenizer
 
+from bench.models import device as default_device
+
 
 @lru_cache(maxsize=1)
 def _load(device: str):
@@ -20,7 +22,7 @@ def _load(device: str):
 
 @torch.no_grad()
 def embed(texts: list[str], batch_size: int = 128, device: str | None = None) -> np.ndarray:
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     tokenizer, model = _load(device)
     out = []
     for i in range(0, len(texts), batch_size):

@@ -34,7 +34,7 @@ from bench.views import View, build_view
 
 def _anchor_samples(cfg, group, anchor, prompt_ids, max_new_tokens) -> list[list[list[int]]]:
     """The anchor's samples for the eval prompts, generated once per group and cached."""
-    return cached_json(cfg.cache_dir, "anchor_samples", Path(group.sft).name,
+    return cached_json(cfg.cache_dir, "anchor_samples", Path(group.sft_stage()).name,
                        [prompt_ids, dict(cfg.eval), max_new_tokens, int(cfg.seed), "anchor"],
                        lambda: generate(anchor, group.tokenizer, prompt_ids, cfg, max_new_tokens, int(cfg.seed), "anchor"))
 
@@ -60,7 +60,7 @@ def evaluate(cfg, group, model, run_dir: Path, step: int | None = None) -> dict:
     temperature = float(cfg.eval.temperature)  # both scored under the distribution the samples were drawn from
     logp_pi = score_view(model, sample_view, group.pad_id, 64, device, temperature)["chosen.sum"]
 
-    anchor = load_model(group.sft).to(device)
+    anchor = load_model(group.sft_stage()).to(device)
     logp_ref = score_view(anchor, sample_view, group.pad_id, 64, device, temperature)["chosen.sum"]
     kl_low, kl_high = em.bootstrap_ci(em.prompt_means(logp_pi - logp_ref, k), int(cfg.eval.bootstrap), seed)
     out: dict = {}

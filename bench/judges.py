@@ -23,6 +23,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from bench.errors import UserError
 from bench.hub import friendly_hub_errors
+from bench.models import device as default_device
 from bench.stages import build_stage
 from bench.tasks import get_task
 
@@ -56,7 +57,7 @@ class GoldJudge:
 class RewardModelJudge:
     def __init__(self, path: str, batch_size: int = 32, trust_remote_code: bool = False, device: str | None = None,
                  new_head: bool = False):
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = device or default_device()
         with friendly_hub_errors("reward model", path):
             self.tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
             head = {"num_labels": 1} if new_head else {}  # a causal LM's body plus a fresh scalar head

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from accelerate.utils import extract_model_from_parallel
 
 from bench.packing import is_packed, packed_attention, packed_inputs, unwrap
-from bench.views import Packed, View, pack
+from bench.views import PaddedBatch, View, pad_batch
 from methods import SeqLogps
 
 
@@ -43,7 +43,7 @@ def length_groups(lengths: list[int], overhead: int = 64) -> list[list[int]]:
     return groups[::-1]
 
 
-def token_logps(model, batch: Packed, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def token_logps(model, batch: PaddedBatch, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs of the completion tokens, flattened, and the batch row of each, under the model's
     distribution at ``temperature``: log_softmax(logits / temperature), the distribution that
     sampling at that temperature draws from (1.0: the model itself, as training uses).
@@ -83,7 +83,7 @@ def _predict(model, input_ids, target, temperature: float = 1.0, **inputs) -> to
     return -F.cross_entropy(logits, input_ids[:, 1:][target], reduction="none")
 
 
-def sequence_logps(model, batch: Packed, temperature: float = 1.0, tokens: bool = False) -> dict[str, SeqLogps]:
+def sequence_logps(model, batch: PaddedBatch, temperature: float = 1.0, tokens: bool = False) -> dict[str, SeqLogps]:
     """S(y) and n(y) for every sequence of the batch, split by role (S at ``temperature``, see token_logps);
     with ``tokens``, also each sequence's per-token log-probs (``SeqLogps.tokens``)."""
     logps, rows = token_logps(model, batch, temperature)
@@ -119,7 +119,7 @@ def score_view(model, view: View, pad_id: int, batch_size: int, device,
             out[f"{r}.tokens"] = torch.full((len(view), width), float("nan"))
     with packed_attention(model):
         for start in range(0, len(view), batch_size):
-            batch = pack(view, list(range(start, min(start + batch_size, len(view)))), view.roles, pad_id).to(device)
+            batch = pad_batch(view, list(range(start, min(start + batch_size, len(view)))), view.roles, pad_id).to(device)
             for role, s in sequence_logps(model, batch, temperature, tokens).items():
                 idx = batch.index[role].cpu()
                 out[f"{role}.sum"][idx] = s.sum.float().cpu()

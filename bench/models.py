@@ -13,6 +13,12 @@ from bench.errors import UserError
 from bench.hub import friendly_hub_errors
 
 
+def device() -> str:
+    """Where evaluation, judges and the reference pass run: the GPU when there is one (training's device is
+    accelerate's choice, ``bench.trainer``)."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def from_scratch(cfg: DictConfig, tokenizer, seed: int) -> LlamaForCausalLM:
     """A randomly initialised Llama with the sizes in ``cfg.arch`` and the tokenizer's vocabulary."""
     config = LlamaConfig(

@@ -6,8 +6,7 @@ training and its sampling are drawn per seed.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from functools import cached_property
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -21,7 +20,7 @@ from bench.sources import corpus_limits, corpus_rows, task_spec
 from bench.stages import build_stage, stage_key
 from bench.tokenizer import train_bpe
 from bench.trainer import TrainSpec, train
-from bench.views import View, build_view, pack
+from bench.views import View, build_view, pad_batch
 from methods import build_method
 
 
@@ -48,6 +47,7 @@ class Group:
     tokenizer: object
     data: TokenizedData
     base: str  # a stage folder, a hub id or a local path
+    _sft: Path | None = field(default=None, init=False, repr=False)
 
     @property
     def pad_id(self) -> int:
@@ -57,9 +57,14 @@ class Group:
     def name(self) -> str:
         return f"{self.cfg.task.name}/{self.cfg.model.name}/seed{self.cfg.seed}"
 
-    @cached_property
-    def sft(self) -> Path:
-        """The SFT stage: SFT from base on the chosen completions of the train split."""
+    def sft_stage(self) -> Path:
+        """The SFT stage: SFT from base on the chosen completions of the train split. Built (or found in
+        the stage cache) on the first call; later calls return the same folder."""
+        if self._sft is None:
+            self._sft = self._build_sft()
+        return self._sft
+
+    def _build_sft(self) -> Path:
         cfg = self.cfg
         lora = cfg.model.get("lora")
         spec = {"base": self.base, "task": task_spec(cfg.task), "seed": int(cfg.seed),
@@ -148,7 +153,7 @@ def logprob_probe(view: View, pad_id: int, n: int = 32):
             return {}
         model.eval()
         device = next(model.parameters()).device
-        stats = sequence_logps(model, pack(view, indices, ("chosen", "rejected"), pad_id).to(device))
+        stats = sequence_logps(model, pad_batch(view, indices, ("chosen", "rejected"), pad_id).to(device))
         return {f"probe/logps_{role}": float(s.sum.mean()) for role, s in stats.items()}
 
     return probe
@@ -157,7 +162,7 @@ def logprob_probe(view: View, pad_id: int, n: int = 32):
 def init_checkpoint(cfg: DictConfig, group: Group, method) -> tuple[str, str]:
     """Where a run starts: ('sft', the group's SFT stage) or ('base', the base model)."""
     init = method.init if cfg.init == "auto" else cfg.init
-    return init, str(group.sft if init == "sft" else group.base)
+    return init, str(group.sft_stage() if init == "sft" else group.base)
 
 
 def build_policy(cfg: DictConfig, start):

@@ -40,6 +40,7 @@ from bench.evaluate import evaluate
 from bench.faults import kill_point
 from bench.pipeline import build_policy, init_checkpoint, logprob_probe, prepare, run_spec
 from bench.results import read_json, write_atomic, write_json
+from bench.models import device as default_device
 from bench.models import load_model, n_params
 from bench.naming import check_sweep_name, settings
 from bench.stages import stage_info, stage_key
@@ -130,7 +131,7 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict:
     view = build_view(method.view, group.data.kind, group.data.train, int(cfg.seed))
     init, start = init_checkpoint(cfg, group, method)
     model = build_policy(cfg, start)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device()
     reference, ref_hit = None, None
     if method.needs_reference:  # the reference is the policy's init; with LoRA, the same weights minus adapters
         lora = bool(cfg.model.get("lora"))
@@ -156,9 +157,9 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict:
         **{f"data/{k}": v for k, v in counts.items()},
         **{f"train/{k}": v for k, v in stats["final"].items()},
         "cost/train_seconds": stats["train_seconds"], "cost/train_tokens_per_s": stats["tokens_per_s"],
-        **training_cost(size, stats, stage_info(group.sft).get("train") if init == "sft" else None),
+        **training_cost(size, stats, stage_info(group.sft_stage()).get("train") if init == "sft" else None),
         "cost/base_stage_seconds": stage_info(group.base).get("seconds"),
-        "cost/sft_stage_seconds": stage_info(group.sft).get("seconds") if init == "sft" else None,
+        "cost/sft_stage_seconds": stage_info(group.sft_stage()).get("seconds") if init == "sft" else None,
     }
     c0 = time.process_time()
     summary |= evaluate(cfg, group, model, run_dir, stats["optimizer_steps"])

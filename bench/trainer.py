@@ -1,7 +1,7 @@
 """The one trainer: every method, stage and device goes through ``train``.
 
 Per optimizer step: ``grad_accum`` micro-batches, each one forward over the concatenated sequences of
-the view's trained roles (plus a no-grad forward for its probe roles such as KTO's mismatched
+the view's trained roles (plus a no-grad forward for its no-grad roles such as KTO's mismatched
 completions), the method's loss (its per-example losses reduced here, its state threaded through),
 backward; then gradient clipping, AdamW and the LR schedule.
 A non-finite loss or gradient norm stops training before the optimizer step (NonFiniteTraining).
@@ -34,7 +34,7 @@ from bench.packing import packed_attention, unpacked
 from bench.refcache import ReferenceLogps
 from bench.results import MetricsLog
 from bench.train_metrics import uniform_metrics
-from bench.views import View, pack
+from bench.views import View, pad_batch
 from methods import BatchLogps, Method, SeqLogps
 
 
@@ -122,13 +122,13 @@ def batch_indices(n: int, batch_size: int, seed: int, micro_step: int, rank: int
 def forward(model, view: View, indices: list[int], pad_id: int, device, tokens: bool = False
             ) -> tuple[BatchLogps, dict]:
     """Policy statistics of a micro-batch by role, and the example index of each role: one forward with
-    grad for the view's trained roles (concatenated), one without grad for its probe roles. Every trained
+    grad for the view's trained roles (concatenated), one without grad for its no-grad roles. Every trained
     role is present, with zero sequences when the micro-batch has none. ``tokens``: per-token log-probs too;
     a view of fresh samples (``View.scores``) adds each sequence's judge score."""
     spec = view.spec
-    trained = pack(view, indices, spec.roles, pad_id).to(device)
+    trained = pad_batch(view, indices, spec.roles, pad_id).to(device)
     stats, index = sequence_logps(model, trained, tokens=tokens), dict(trained.index)
-    probe = pack(view, indices, spec.probe_roles, pad_id) if spec.probe_roles else None
+    probe = pad_batch(view, indices, spec.no_grad_roles, pad_id) if spec.no_grad_roles else None
     if probe is not None:
         with torch.no_grad():
             stats |= sequence_logps(model, probe.to(device), tokens=tokens)

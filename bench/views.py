@@ -33,7 +33,7 @@ class View:
         return sorted({r for ex in self.examples for r in ex})
 
     def n_tokens(self, indices, roles=None) -> int:
-        """Tokens of the sequences trained on: the view's trained roles (probe roles such as KTO's
+        """Tokens of the sequences trained on: the view's trained roles (no-grad roles such as KTO's
         mismatched excluded) unless ``roles`` says otherwise."""
         roles = self.spec.roles if roles is None else roles
         return sum(len(p) + len(c) for i in indices for r, (p, c) in self.examples[i].items() if r in roles)
@@ -54,7 +54,7 @@ def build_view(name: str, kind: str, ds: Dataset, seed: int) -> View:
 
 
 @dataclass
-class Packed:
+class PaddedBatch:
     """Sequences of several roles right-padded into one forward batch.
 
     ``completion_mask[b, t]`` is 1 where token t of row b is a completion token (scored).
@@ -67,8 +67,8 @@ class Packed:
     slices: dict[str, slice]
     index: dict[str, torch.Tensor]
 
-    def to(self, device) -> "Packed":
-        return Packed(self.input_ids.to(device), self.attention_mask.to(device), self.completion_mask.to(device),
+    def to(self, device) -> "PaddedBatch":
+        return PaddedBatch(self.input_ids.to(device), self.attention_mask.to(device), self.completion_mask.to(device),
                       self.slices, {k: v.to(device) for k, v in self.index.items()})
 
     @property
@@ -76,7 +76,7 @@ class Packed:
         return int(self.attention_mask.sum())
 
 
-def pack(view: View, indices: list[int], roles, pad_id: int) -> Packed | None:
+def pad_batch(view: View, indices: list[int], roles, pad_id: int) -> PaddedBatch | None:
     seqs, slices, index = [], {}, {}
     for role in roles:
         rows = [i for i in indices if role in view.examples[i]]
@@ -94,4 +94,4 @@ def pack(view: View, indices: list[int], roles, pad_id: int) -> Packed | None:
         input_ids[b, : len(p) + len(c)] = torch.tensor(p + c)
         attention[b, : len(p) + len(c)] = 1
         completion[b, len(p): len(p) + len(c)] = 1
-    return Packed(input_ids, attention, completion, slices, index)
+    return PaddedBatch(input_ids, attention, completion, slices, index)

@@ -1,13 +1,13 @@
 """Data views: the roles a method's batches hold and how they are built from a tokenized split.
 
 A view is declared once (``ViewSpec``) and registered by name; a method names its view (``Method.view``).
-The trainer packs a view's ``roles`` into one forward with gradients and its ``probe_roles`` into one
+The trainer packs a view's ``roles`` into one forward with gradients and its ``no_grad_roles`` into one
 without, the reference cache scores every role, and the training metrics loop over the roles, so a new
 view (a plugin's own, registered in the plugin's file) needs no edit anywhere else. Built-in views:
 
   paired:   chosen, rejected (aligned: the same prompt)
   sft:      chosen
-  unpaired: chosen (desirable) or rejected (undesirable), plus the probe role mismatched: the prompt with
+  unpaired: chosen (desirable) or rejected (undesirable), plus the no-grad role mismatched: the prompt with
             another example's completion (a seeded derangement, so its reference log-probs cache like the rest)
 """
 from __future__ import annotations
@@ -32,12 +32,8 @@ class ViewSpec:
     roles: tuple[str, ...]
     build: Builder
     kinds: tuple[str, ...] = ("paired",)
-    probe_roles: tuple[str, ...] = ()
+    no_grad_roles: tuple[str, ...] = ()
     margin: tuple[str, str] | None = None
-
-    @property
-    def all_roles(self) -> tuple[str, ...]:
-        return self.roles + self.probe_roles
 
 
 _VIEWS: dict[str, ViewSpec] = {}
@@ -85,4 +81,4 @@ def _unpaired(kind: str, c: Columns, seed: int) -> list[dict[str, Seq]]:
 register_view(ViewSpec("paired", ("chosen", "rejected"), _paired, margin=("chosen", "rejected")))
 register_view(ViewSpec("sft", ("chosen",), _sft, kinds=("paired", "unpaired")))
 register_view(ViewSpec("unpaired", ("chosen", "rejected"), _unpaired, kinds=("paired", "unpaired"),
-                       probe_roles=("mismatched",)))
+                       no_grad_roles=("mismatched",)))

@@ -52,7 +52,7 @@ def test_matched_budget_needs_one_unit():
 def test_one_base_model_for_every_seed(tmp_path):
     args = [f"cache_dir={tmp_path}", *SMOKE]
     g0, g1 = (prepare(compose_config(args + [f"seed={s}"])) for s in (0, 1))
-    assert g0.base == g1.base and g0.sft != g1.sft
+    assert g0.base == g1.base and g0.sft_stage() != g1.sft_stage()
     per_seed = prepare(compose_config(args + ["seed=1", "stages.base.seed=${seed}"]))
     assert per_seed.base != g0.base
 

@@ -9,7 +9,7 @@ from methods.views import derangement
 from bench.errors import UserError
 from bench.tasks import get_task, task_names
 from bench.tokenizer import train_bpe
-from bench.views import build_view, pack
+from bench.views import build_view, pad_batch
 
 CFG = OmegaConf.create({"eval_size": 2, "max_length": 40, "max_prompt_length": 16})
 
@@ -89,7 +89,7 @@ def test_views(tok):
     for i, e in enumerate(unpaired.examples):  # the KL partner keeps the prompt, takes another completion
         own = e.get("chosen", e.get("rejected"))
         assert e["mismatched"][0] == own[0]
-    batch = pack(paired, [0, 1, 2], ("chosen", "rejected"), tok.pad_token_id)
+    batch = pad_batch(paired, [0, 1, 2], ("chosen", "rejected"), tok.pad_token_id)
     assert batch.input_ids.shape[0] == 6 and batch.slices["rejected"] == slice(3, 6)
     assert int(batch.completion_mask.sum()) == sum(len(paired.examples[i][r][1]) for i in range(3)
                                                   for r in ("chosen", "rejected"))

@@ -16,7 +16,7 @@ from bench.logprobs import score_view, sequence_logps
 from bench.packing import packed_attention
 from bench.models import load_model
 from bench.pipeline import logprob_probe, prepare
-from bench.views import View, build_view, pack
+from bench.views import View, build_view, pad_batch
 from tests.conftest import SMOKE, prefbench, run_dir
 
 
@@ -27,13 +27,13 @@ def group(shared_cache):
 
 def test_policy_and_anchor_draw_independent_streams(group, shared_cache, tmp_path):
     # a fresh anchor-sample cache (stages copied), so the one anchor file there is this evaluation's
-    assert group.sft.exists()
+    assert group.sft_stage().exists()
     shutil.copytree(shared_cache, tmp_path / "cache", ignore=shutil.ignore_patterns("anchor_samples", "*.lock"))
     cfg = compose_config(SMOKE + [f"cache_dir={tmp_path / 'cache'}", "eval.samples_per_prompt=4"])
     group = prepare(cfg)
-    twin = load_model(group.sft)  # the policy is an identical copy of the anchor
+    twin = load_model(group.sft_stage())  # the policy is an identical copy of the anchor
     first = evaluate(cfg, group, twin, tmp_path / "a")
-    (anchor_file,) = (tmp_path / "cache" / "anchor_samples").glob(f"{group.sft.name}-*.json")
+    (anchor_file,) = (tmp_path / "cache" / "anchor_samples").glob(f"{group.sft_stage().name}-*.json")
     anchor = [group.tokenizer.decode(c, skip_special_tokens=True) for s in json.loads(anchor_file.read_text()) for c in s]
     policy = [json.loads(line)["response"] for line in (tmp_path / "a" / "samples.jsonl").read_text().splitlines()]
     assert len(policy) == len(anchor) == 8 * 4
@@ -49,7 +49,7 @@ def test_a_models_generation_config_does_not_change_the_samples(group, tmp_path)
     cfg = compose_config(SMOKE + ["eval.samples_per_prompt=4"])
     plain, tuned = tmp_path / "plain", tmp_path / "tuned"
     for path in (plain, tuned):
-        shutil.copytree(group.sft, path, ignore=shutil.ignore_patterns("checkpoint", "*.json.lock"))
+        shutil.copytree(group.sft_stage(), path, ignore=shutil.ignore_patterns("checkpoint", "*.json.lock"))
     file = tuned / "generation_config.json"
     settings = json.loads(file.read_text()) if file.exists() else {}
     settings |= {"repetition_penalty": 1.8, "no_repeat_ngram_size": 2, "top_k": 3, "min_p": 0.3,
@@ -82,7 +82,7 @@ def test_temperature_scoring_matches_log_softmax_of_scaled_logits():
         torch.testing.assert_close(got, by_hand(t), rtol=1e-5, atol=1e-5)
     assert not torch.allclose(by_hand(0.7), by_hand(1.0))
     # the trainer's path (no temperature) is exactly temperature 1, packed or in length groups
-    batch = pack(view, [0, 1, 2], ("chosen",), 0)
+    batch = pad_batch(view, [0, 1, 2], ("chosen",), 0)
     for packed in (True, False):
         with torch.no_grad(), packed_attention(model, enabled=packed):
             default, one = sequence_logps(model, batch)["chosen"].sum, sequence_logps(model, batch, 1.0)["chosen"].sum
@@ -105,6 +105,6 @@ def test_logprob_dynamics_start_at_the_init_model(group, shared_cache, tmp_path)
     assert [r["step"] for r in rows] == [0, 2, 4]
     assert set(rows[0]) == {"step", "probe/logps_chosen", "probe/logps_rejected"}
     view = build_view("paired", group.data.kind, group.data.eval, int(group.cfg.seed))
-    expected = logprob_probe(view, group.pad_id)(load_model(group.sft))  # DPO starts from the SFT stage
+    expected = logprob_probe(view, group.pad_id)(load_model(group.sft_stage()))  # DPO starts from the SFT stage
     assert rows[0] == pytest.approx({"step": 0, **expected}, rel=1e-5)
     assert rows[1]["probe/logps_chosen"] != rows[0]["probe/logps_chosen"]  # training moved it

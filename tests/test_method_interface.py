@@ -16,7 +16,6 @@ import methods.views
 from bench import refcache
 from bench.errors import UserError
 from bench.logprobs import score_view
-from bench.refcache import ReferenceLogps
 from bench.trainer import TrainSpec, forward, train
 from bench.views import View, build_view
 from methods import LossOutput, build_method

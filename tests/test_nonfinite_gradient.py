@@ -9,7 +9,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from bench.logprobs import sequence_logps
 from bench.trainer import TrainSpec, train
-from bench.views import View, pack
+from bench.views import View, pad_batch
 from methods import BatchLogps, build_method
 from tests.conftest import SMOKE, prefbench, run_dir
 
@@ -42,7 +42,7 @@ def test_orpo_nan_gradient_with_a_finite_loss_fails_the_step(max_grad_norm, tmp_
     model = saturated_policy()
     orpo = build_method("orpo")
     with torch.no_grad():  # the premise: mean log-prob of chosen exactly 0, the loss finite
-        s = sequence_logps(model, pack(TOY, [0, 1], ("chosen", "rejected"), 0))
+        s = sequence_logps(model, pad_batch(TOY, [0, 1], ("chosen", "rejected"), 0))
         assert (s["chosen"].mean == 0).all()
         assert torch.isfinite(orpo.loss(BatchLogps(chosen=s["chosen"], rejected=s["rejected"]), None).loss)
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -9,7 +9,7 @@ import transformers
 from bench.logprobs import length_groups, sequence_logps
 from bench.packing import can_pack, is_packed, packed_attention
 from bench.trainer import TrainSpec, enable_checkpointing, train
-from bench.views import View, pack
+from bench.views import View, pad_batch
 from methods import build_method
 
 TINY = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -48,7 +48,7 @@ def one_at_a_time(model, view: View) -> torch.Tensor:
 
 
 def stats(model, packed: bool) -> torch.Tensor:
-    batch = pack(VIEW, [0, 1, 2], ("chosen", "rejected"), 0)
+    batch = pad_batch(VIEW, [0, 1, 2], ("chosen", "rejected"), 0)
     with packed_attention(model, enabled=packed):
         assert is_packed(model) == packed
         s = sequence_logps(model, batch)
@@ -74,7 +74,7 @@ def test_packed_gradients_with_checkpointing_equal_padded_gradients(family):
             enable_checkpointing(model)
             assert [m.gradient_checkpointing for m in model.modules() if hasattr(m, "gradient_checkpointing")
                     and not isinstance(m, transformers.PreTrainedModel)] == [True, False]  # all but the last layer
-        batch = pack(VIEW, [0, 1, 2], ("chosen", "rejected"), 0)
+        batch = pad_batch(VIEW, [0, 1, 2], ("chosen", "rejected"), 0)
         with packed_attention(model, enabled=packed):
             s = sequence_logps(model, batch)
             (s["chosen"].sum - 0.5 * s["rejected"].sum).sum().backward()

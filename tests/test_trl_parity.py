@@ -14,7 +14,7 @@ from bench.logprobs import sequence_logps
 from bench.packing import packed_attention
 from bench.tasks import get_task
 from bench.tokenizer import train_bpe
-from bench.views import View, pack
+from bench.views import View, pad_batch
 
 ROWS = get_task("reviews").pairs(8, 0)
 
@@ -62,7 +62,7 @@ def test_dpo_and_ipo_match_trl(tok, model, loss_type, name, beta, tmp_path, logp
     args = DPOConfig(output_dir=str(tmp_path), precompute_ref_log_probs=True, loss_type=[loss_type], beta=beta,
                      report_to=[], use_cpu=True, per_device_train_batch_size=4, disable_tqdm=True)
     trainer = DPOTrainer(model=model, args=args, train_dataset=conversational(ROWS), processing_class=tok)
-    batch = pack(PAIRS, [0, 1, 2], ("chosen", "rejected"), tok.pad_token_id)
+    batch = pad_batch(PAIRS, [0, 1, 2], ("chosen", "rejected"), tok.pad_token_id)
     trl_loss = trainer._compute_loss(trainer.model, {
         "input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "completion_mask": batch.completion_mask,
         "ref_chosen_logps": REF_CHOSEN, "ref_rejected_logps": REF_REJECTED}, return_outputs=False)
@@ -94,8 +94,8 @@ def test_kto_matches_trl(tok, model, tmp_path, logps):
     labels = torch.tensor([True, False, True, False])
     ref = torch.tensor([-10.0, -12.0, -7.0, -9.0])
     ref_kl = torch.tensor([-30.0, -25.0, -29.0, -31.0])
-    main = pack(view, [0, 1, 2, 3], ("chosen", "rejected"), tok.pad_token_id)
-    kl = pack(view, [0, 1, 2, 3], ("mismatched",), tok.pad_token_id)
+    main = pad_batch(view, [0, 1, 2, 3], ("chosen", "rejected"), tok.pad_token_id)
+    kl = pad_batch(view, [0, 1, 2, 3], ("mismatched",), tok.pad_token_id)
     order = torch.cat([main.index["chosen"], main.index["rejected"]])  # our rows: desirable first
     trl_loss = trainer._compute_loss(trainer.model, {
         "input_ids": main.input_ids, "attention_mask": main.attention_mask, "completion_mask": main.completion_mask,
@@ -117,7 +117,7 @@ def test_orpo_odds_ratio_matches_trl(tok, model, tmp_path, logps):
     args = ORPOConfig(output_dir=str(tmp_path), beta=0.25, report_to=[], use_cpu=True, max_length=64,
                       disable_tqdm=True)
     trainer = ORPOTrainer(model=model, args=args, train_dataset=conversational(ROWS), processing_class=tok)
-    batch = pack(PAIRS, [0, 1, 2], ("chosen", "rejected"), tok.pad_token_id)
+    batch = pad_batch(PAIRS, [0, 1, 2], ("chosen", "rejected"), tok.pad_token_id)
     stats = logps(trainer.model, batch)
     losses, *_ = trainer.odds_ratio_loss(stats["chosen"].mean, stats["rejected"].mean)
     # TRL's ORPO loss is NLL - mean(beta * log sigma(log_odds)); its NLL also counts prompt tokens, so we
@@ -128,7 +128,7 @@ def test_orpo_odds_ratio_matches_trl(tok, model, tmp_path, logps):
 
 
 def test_sft_matches_transformers_loss(model, tok, logps):
-    batch = pack(PAIRS, [0, 1, 2], ("chosen",), tok.pad_token_id)
+    batch = pad_batch(PAIRS, [0, 1, 2], ("chosen",), tok.pad_token_id)
     labels = batch.input_ids.masked_fill(batch.completion_mask == 0, -100)
     hf_loss = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=labels).loss
     stats = logps(model, batch)
@@ -138,7 +138,7 @@ def test_sft_matches_transformers_loss(model, tok, logps):
 
 def test_logprobs_match_full_logits(model, tok, logps):
     """Projecting only completion positions gives the same log-probs as the model's full logits."""
-    batch = pack(PAIRS, [0, 1, 2], ("chosen", "rejected"), tok.pad_token_id)
+    batch = pad_batch(PAIRS, [0, 1, 2], ("chosen", "rejected"), tok.pad_token_id)
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
     per_token = torch.log_softmax(logits, -1).gather(-1, batch.input_ids[:, 1:, None])[..., 0]
     expected = (per_token * batch.completion_mask[:, 1:]).sum(1)
