@@ -5,6 +5,10 @@ reward_model  an AutoModelForSequenceClassification (hub id or local path), batc
 bt            a reward model trained in the suite, as a cached stage: with the Bradley-Terry loss on paired
               data, with binary cross-entropy on the labels of unpaired data
 llm           an OpenAI-compatible chat API (off by default; the key is read from the environment)
+
+A judge is made by a factory ``(cfg, group) -> judge`` registered by name (``register_judge``); other
+packages add judges through the entry-point group ``prefbench.judges`` (each entry point names a factory)
+plus a ``conf/judge/<name>.yaml`` on Hydra's search path.
 """
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ import re
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import torch
@@ -27,7 +33,27 @@ from bench.models import device as default_device
 from bench.stages import build_stage
 from bench.tasks import get_task
 
-JUDGES = ("gold", "reward_model", "bt", "llm")
+ENTRY_POINT_GROUP = "prefbench.judges"
+_JUDGES: dict[str, Callable] = {}
+_loaded = False
+
+
+def register_judge(name: str):
+    """Decorator: ``factory(cfg, group)`` makes the judge ``judge=name`` selects."""
+    def add(factory: Callable) -> Callable:
+        _JUDGES[name] = factory
+        return factory
+    return add
+
+
+def judges() -> dict[str, Callable]:
+    """The built-in judges and the entry-point plugins, by name."""
+    global _loaded
+    if not _loaded:
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            register_judge(ep.name)(ep.load())
+        _loaded = True
+    return dict(sorted(_JUDGES.items()))
 
 
 def check_judge(cfg: DictConfig) -> None:
@@ -178,19 +204,33 @@ class LLMJudge:
         return [self._one(prompt_text(p), c) for p, c in zip(prompts, completions)]
 
 
+@register_judge("gold")
+def _gold(cfg: DictConfig, group) -> GoldJudge:
+    check_judge(cfg)
+    return GoldJudge(cfg.task.builtin)
+
+
+@register_judge("reward_model")
+def _reward_model(cfg: DictConfig, group) -> RewardModelJudge:
+    return RewardModelJudge(cfg.judge.path, int(cfg.judge.batch_size), bool(cfg.judge.get("trust_remote_code")))
+
+
+@register_judge("bt")
+def _bt(cfg: DictConfig, group) -> RewardModelJudge:
+    return RewardModelJudge(str(bt_stage(cfg, group)), int(cfg.judge.batch_size))
+
+
+@register_judge("llm")
+def _llm(cfg: DictConfig, group) -> LLMJudge:
+    return LLMJudge(cfg.judge)
+
+
 def make_judge(cfg: DictConfig, group):
     """The judge named by ``cfg.judge`` for this group; the bt judge is trained (once) on its train split."""
-    name = cfg.judge.name
-    if name == "gold":
-        check_judge(cfg)
-        return GoldJudge(cfg.task.builtin)
-    if name == "reward_model":
-        return RewardModelJudge(cfg.judge.path, int(cfg.judge.batch_size), bool(cfg.judge.get("trust_remote_code")))
-    if name == "bt":
-        return RewardModelJudge(str(bt_stage(cfg, group)), int(cfg.judge.batch_size))
-    if name == "llm":
-        return LLMJudge(cfg.judge)
-    raise UserError(f"judge.name={name!r} is unknown; allowed: {', '.join(JUDGES)}")
+    found = judges()
+    if cfg.judge.name not in found:
+        raise UserError(f"judge.name={cfg.judge.name!r} is unknown; allowed: {', '.join(found)}")
+    return found[cfg.judge.name](cfg, group)
 
 
 def gold_for_proxy(cfg: DictConfig) -> GoldJudge | None:
