@@ -31,6 +31,20 @@ def prefbench(*args, cwd=None, check=True, timeout=600, env=None):
     return proc
 
 
+def install_package(tmp_path: Path, package: str, source: str, entry_points: str) -> dict:
+    """A third-party package (one module) with entry points, importable by a subprocess; returns its env."""
+    import textwrap
+
+    site = tmp_path / "site"
+    (site / package).mkdir(parents=True)
+    (site / package / "__init__.py").write_text(textwrap.dedent(source))
+    dist = site / f"{package}-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package}\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(entry_points)
+    return {"PYTHONPATH": str(site)}
+
+
 def run_dir(parent: Path, prefix: str) -> Path:
     """The one run folder in ``parent`` named ``prefix`` plus its overrides and config digest."""
     found = [p for p in Path(parent).glob(f"{prefix}*") if p.is_dir() and p.name[len(prefix):][:1] in (",", "-")]

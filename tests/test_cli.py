@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from bench import refcache
 from bench.views import View
-from tests.conftest import SMOKE, prefbench, run_dir
+from tests.conftest import SMOKE, install_package, prefbench, run_dir
 
 UNIFORM = {"loss", "logps/chosen", "logps/chosen_per_token", "nll/chosen", "probe/logps_chosen",
            "probe/logps_rejected", "tokens_per_s", "step", "lr"}
@@ -119,17 +119,11 @@ class Hinge(Method):
 
 def install_plugin(tmp_path) -> dict:
     """The README's hinge method as an installed package (an entry point) with its yaml folder; returns the env."""
-    site = tmp_path / "site"
-    (site / "myplugin").mkdir(parents=True)
-    (site / "myplugin" / "__init__.py").write_text(textwrap.dedent(PLUGIN))
-    dist = site / "myplugin-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: myplugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[prefbench.methods]\nhinge = myplugin:Hinge\n")
+    env = install_package(tmp_path, "myplugin", PLUGIN, "[prefbench.methods]\nhinge = myplugin:Hinge\n")
     conf = tmp_path / "conf" / "method"
     conf.mkdir(parents=True)
     (conf / "hinge.yaml").write_text("name: hinge\nbeta: 0.5\n")
-    return {"PYTHONPATH": str(site)}
+    return env
 
 
 def test_external_plugin_is_discovered_by_entry_point_and_trains(tmp_path, shared_cache):

@@ -3,9 +3,8 @@
 example of the README: a built-in-style task with a gold reward in one file, and a judge, trained and judged
 end to end by the real `prefbench run`."""
 import json
-import textwrap
 
-from tests.conftest import SMOKE, prefbench, run_dir
+from tests.conftest import SMOKE, install_package, prefbench, run_dir
 
 PLUGIN = '''
 """A task with a gold reward and a judge, as a third-party package."""
@@ -60,20 +59,13 @@ vocab_size: 200
 
 
 def test_a_task_and_a_judge_from_another_package_train_and_judge_end_to_end(tmp_path, shared_cache):
-    site = tmp_path / "site"
-    (site / "mytask").mkdir(parents=True)
-    (site / "mytask" / "__init__.py").write_text(textwrap.dedent(PLUGIN))
-    dist = site / "mytask-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: mytask\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[prefbench.tasks]\nrepeat = mytask:Repeat\n\n"
-                                           "[prefbench.judges]\nbrevity = mytask:brevity\n")
+    env = install_package(tmp_path, "mytask", PLUGIN, "[prefbench.tasks]\nrepeat = mytask:Repeat\n\n"
+                                                      "[prefbench.judges]\nbrevity = mytask:brevity\n")
     conf = tmp_path / "conf"
     (conf / "task").mkdir(parents=True)
     (conf / "judge").mkdir()
     (conf / "task" / "repeat.yaml").write_text(TASK_YAML)
     (conf / "judge" / "brevity.yaml").write_text("name: brevity\n")
-    env = {"PYTHONPATH": str(site)}
     common = [f"hydra.searchpath=[file://{conf}]", f"results_dir={tmp_path}", f"cache_dir={shared_cache}", *SMOKE,
               "task.n_pairs=600", "task.corpus_size=1000"]
     prefbench("run", "task=repeat", "judge=brevity", "method=dpo", *common, env=env)
