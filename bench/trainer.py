@@ -106,6 +106,16 @@ def _call_curve(curve, accelerator, model, step: int) -> None:
     accelerator.wait_for_everyone()
 
 
+def _fresh(rollout, model, accelerator, indices: list[int], step: int):
+    """A rollout's fresh samples for one micro-batch: it gets the unwrapped model, outside packed attention
+    (generation runs ordinary forwards), and the model is back in training mode afterwards."""
+    inner = accelerator.unwrap_model(model)
+    with unpacked(inner):
+        out = rollout(inner, indices, step)
+    model.train()
+    return out
+
+
 def batch_indices(n: int, batch_size: int, seed: int, micro_step: int, rank: int = 0, world: int = 1,
                   shuffle: bool = True) -> list[int]:
     """Example indices of micro-batch number ``micro_step``: a fresh seeded shuffle every epoch,
@@ -152,8 +162,9 @@ def train(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, pad
     ``out_dir/checkpoint`` when one exists. ``curve``: called as ``curve(model, step)`` at the steps
     ``curve.steps(total_steps)`` names (evaluation along training). ``rollout``: the seam for methods that
     train on fresh samples (``needs_samples``), called as ``rollout(model, indices, step)`` for each
-    micro-batch of ``view``'s examples and returning ``(View, ReferenceLogps | None)``: the sequences to
-    train on, with judge scores in ``View.scores``, and the reference's statistics of them. A stateful
+    micro-batch of ``view``'s examples (with the unwrapped model, outside packed attention) and returning
+    ``(View, ReferenceLogps | None)``: the sequences to train on, with judge scores in ``View.scores``, and
+    the reference's statistics of them. A stateful
     method's state is threaded through its losses and saved with the optimizer. Returns the final metrics
     and compute statistics."""
     if method.needs_reference and reference is None and rollout is None:
@@ -199,7 +210,7 @@ def train(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, pad
                                         rank, accelerator.num_processes, spec.shuffle)
                           for rank in range(accelerator.num_processes)]  # shard r is rank r's part of the batch
                 indices = shards[accelerator.process_index]
-                batch_view, batch_ref = (rollout(model, indices, step) if method.needs_samples
+                batch_view, batch_ref = (_fresh(rollout, model, accelerator, indices, step) if method.needs_samples
                                          else (view, reference))
                 rows = range(len(batch_view)) if method.needs_samples else indices
                 with accelerator.accumulate(model):
