@@ -26,6 +26,7 @@ def method_params(cfg, method: str) -> dict:
 def run_prefbench(cfg, method: str) -> dict:
     from bench.data import tokenize
     from bench.logprobs import score_view
+    from bench.models import n_params
     from bench.refcache import ReferenceLogps
     from bench.trainer import TrainSpec, train
     from bench.views import build_view
@@ -44,7 +45,7 @@ def run_prefbench(cfg, method: str) -> dict:
                      log_every=1, shuffle=False, progress=False, save_final=False,
                      gradient_checkpointing=bool(cfg.gradient_checkpointing), packing=bool(cfg.packing))
     out = {"params": {f.name: getattr(m, f.name) for f in dataclasses.fields(m)},
-           "n_params": sum(p.numel() for p in model.parameters()), "vocab": len(tok)}
+           "n_params": n_params(model), "vocab": len(tok)}
     with tempfile.TemporaryDirectory() as tmp, PeakRSS() as mem, profiled(cfg, "prefbench", method), timed(out):
         stats = train(model, m, view, spec, Path(tmp), tok.pad_token_id, ref)
         losses = [json.loads(line)["loss"] for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
