@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from bench import CONF_DIR
-from bench.errors import UserError
+from bench.io.errors import UserError
 
 GROUPS = ("task", "model", "method", "judge", "trainer", "eval", "stages", "sweep")
 _last_summary: dict = {}
@@ -26,8 +26,8 @@ _last_summary: dict = {}
 def _register_resolvers() -> None:
     from omegaconf import OmegaConf
 
-    from bench.config import tuned_value
-    from bench.naming import hydra_run_name
+    from bench.io.naming import hydra_run_name
+    from bench.job.config import tuned_value
 
     if not OmegaConf.has_resolver("run_name"):
         OmegaConf.register_new_resolver("run_name", hydra_run_name)
@@ -39,7 +39,7 @@ def _register_resolvers() -> None:
 def check_overrides(overrides: list[str]) -> None:
     """One clear line for an unknown config-group option, before Hydra starts."""
     import methods
-    from bench.config import options
+    from bench.job.config import options
 
     roots = [CONF_DIR] + [Path(p.strip(" []'\"").removeprefix("file://")) for o in overrides
                           if o.startswith("hydra.searchpath=") for p in o.partition("=")[2].split(",")]
@@ -63,7 +63,7 @@ def _hydra(argv: list[str]) -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
-    from bench.run import run_job
+    from bench.job.run import run_job
 
     _register_resolvers()
 
@@ -102,8 +102,8 @@ def adhoc_sweep_args(args: list[str]) -> list[str]:
 
 def cmd_sweep(args: list[str]) -> int:
     """A multirun, then its report. Exit 0 only when every job the sweep asked for is done."""
-    from bench.run import check_job
-    from bench.sweep import plan, record
+    from bench.job.run import check_job
+    from bench.job.sweep import plan, record
 
     args = adhoc_sweep_args(args)
     check_overrides(args)
@@ -120,8 +120,8 @@ def cmd_sweep(args: list[str]) -> int:
 
 def _report(sweep_dir: Path) -> int:
     """Build the report, print how many jobs are not done and why; 0 when all are done."""
-    from bench.report import build_report, load_runs
-    from bench.sweep import status_line
+    from bench.job.sweep import status_line
+    from bench.report.build import build_report, load_runs
 
     index = build_report(sweep_dir)
     runs = load_runs(sweep_dir)
@@ -163,7 +163,7 @@ def cmd_methods(args: list[str]) -> int:
 def cmd_eval(args: list[str]) -> int:
     if not args:
         raise UserError("usage: prefbench eval RUN_DIR [judge=NAME] [key=value ...]")
-    from bench.reeval import reevaluate
+    from bench.job.reeval import reevaluate
 
     summary = reevaluate(Path(args[0]), args[1:])
     print(f"{args[0]}: {summary['status']}")
@@ -180,7 +180,7 @@ def cmd_report(args: list[str]) -> int:
 def cmd_tune(args: list[str]) -> int:
     if len(args) != 1:
         raise UserError("usage: prefbench tune SWEEP_DIR   (a folder of `prefbench sweep sweep=tune`)")
-    from bench.tuning import write_tuning
+    from bench.report.tuning import write_tuning
 
     chosen = write_tuning(Path(args[0]))
     for row in chosen.itertuples(index=False):
@@ -212,9 +212,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, args = (argv[0], argv[1:]) if argv and argv[0] in COMMANDS else ("sweep", argv)
     try:
-        from bench.distributed import refuse_multiprocess
+        from bench.train.distributed import refuse_multiprocess
 
-        refuse_multiprocess(command)  # the whole job runs as one process; bench.trainer.train is multi-process
+        refuse_multiprocess(command)  # the whole job runs as one process; bench.train.trainer.train is multi-process
         return COMMANDS[command](args)
     except UserError as exc:
         print(f"prefbench: error: {exc}", file=sys.stderr)

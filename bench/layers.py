@@ -1,6 +1,8 @@
-"""The engine's layers, bottom to top: the one declaration that ``tests/test_layers.py`` checks every import
-against (a module imports only from its own layer or a lower one) and that the README's layout is
-rendered from (``layout``). ``methods/`` sits under all of them: it imports nothing from ``bench``.
+"""The engine's layers, bottom to top: one package per layer (``bench/<layer>/``), the command line on top.
+
+This is the one declaration that ``tests/test_layers.py`` checks every import against (a module imports only
+from its own layer or a lower one) and that the README's layout is rendered from (``layout``). ``methods/``
+sits under all of them: it imports nothing from ``bench``.
 
 The data flow of one job reads up the list: conf -> data -> model -> trainer(method) -> eval -> job
 folder -> report. The bottom layer holds the file and cache helpers every step uses.
@@ -8,33 +10,34 @@ folder -> report. The bottom layer holds the file and cache helpers every step u
 from __future__ import annotations
 
 LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("io", "errors, faults, atomic files, run names, checkpoints, the stage cache, hub errors",
+    ("io", "files and caches every step uses",
      ("errors", "faults", "results", "naming", "checkpoint", "stages", "hub")),
-    ("data", "tasks, sources and formats -> cleaned rows -> tokenizer -> method views",
-     ("tasks", "formats", "sources", "data", "tokenizer", "views")),
-    ("model", "models, padding-free packing, log-prob statistics, FLOPs",
+    ("data", "rows -> cleaned pairs -> tokens -> method views",
+     ("tasks", "formats", "sources", "prepare", "tokenizer", "views")),
+    ("model", "models, padding-free forwards, log-probs, FLOPs",
      ("models", "packing", "logprobs", "compute")),
-    ("train", "the trainer and what it calls",
-     ("refcache", "train_metrics", "distributed", "trainer")),
-    ("eval", "sampling, judges, metrics, frontiers",
-     ("sampling", "embedder", "eval_metrics", "frontier", "judges", "curve", "evaluate")),
+    ("train", "the one trainer",
+     ("refcache", "metrics", "distributed", "trainer")),
+    ("eval", "samples, judges, metrics, frontiers",
+     ("sampling", "embedder", "metrics", "frontier", "judges", "curve", "evaluate")),
     ("job", "a config -> a run folder; sweeps",
      ("config", "pipeline", "run", "reeval", "sweep")),
-    ("perf", "prefbench's trainer against TRL's on identical inputs (TRL adapters per method), its plot",
-     ("perf",)),
-    ("report", "statistics, plots, the HTML page, the tuning table",
-     ("stats", "report_stats", "report_plots", "report_frontier", "report_frontier_plots", "report", "tuning")),
-    ("tools", "the command line",
-     ("cli",)),
+    ("perf", "the trainer against TRL's on identical inputs",
+     ("inputs", "sides", "trl_adapters", "measure", "plot")),
+    ("report", "statistics, tables, plots, the HTML page",
+     ("stats", "tables", "plots", "frontier_tables", "frontier_plots", "build", "tuning")),
 )
+TOP = ("cli",)  # bench/cli.py: the command line, above every layer
 
 
 def layer_of() -> dict[str, int]:
-    """Module name (``bench.<name>``, a subpackage by its top name) -> its layer's index."""
-    return {module: i for i, (_, _, modules) in enumerate(LAYERS) for module in modules}
+    """Layer name (``bench.<layer>``) -> its index; the command line is above them all."""
+    return {**{name: i for i, (name, _, _) in enumerate(LAYERS)}, **{m: len(LAYERS) for m in TOP}}
 
 
 def layout() -> str:
     """The README's layout lines for ``bench/``, bottom layer first."""
-    width = max(len(name) for name, _, _ in LAYERS)
-    return "\n".join(f"  {name:<{width}}  {' '.join(modules)}    # {what}" for name, what, modules in LAYERS)
+    rows = [(f"{name}/", " ".join(modules), what) for name, what, modules in LAYERS]
+    rows.append(("cli.py", "", "the command line"))
+    width, mods = max(len(r[0]) for r in rows), max(len(r[1]) for r in rows)
+    return "\n".join(f"  {name:<{width}}  {modules:<{mods}}  # {what}" for name, modules, what in rows)

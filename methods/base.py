@@ -11,7 +11,7 @@ What a method may declare, all optional but ``name``, ``view`` and ``needs_refer
   init            'base' or 'sft': the checkpoint training starts from
   token_level     the trainer adds per-token log-probs, the policy's and the reference's (``SeqLogps.tokens``)
   needs_samples   online: each step trains on fresh policy samples with judge scores (``SeqLogps.score``);
-                  the trainer takes them from its ``rollout`` (``bench.trainer.train``)
+                  the trainer takes them from its ``rollout`` (``bench.train.trainer.train``)
   initial_state() running state (tensors) for ``loss(policy, reference, state)``, checkpointed with the optimizer
   scaled_by_strength(...) fields that the sweep's ``strength`` scales
 """

@@ -1,4 +1,4 @@
-"""Trains every method a few steps on a tiny float64 Llama through bench.trainer.train with a global
+"""Trains every method a few steps on a tiny float64 Llama through bench.train.trainer.train with a global
 batch of B sequences: run by tests/test_distributed.py as one process, and under torchrun as two
 processes of B/2 each. Writes, per method, metrics.jsonl (the trainer's), the gradients of the first
 optimizer step and the final parameters (rank 0), and what each rank saw (rank<r>.json).
@@ -16,10 +16,10 @@ from datasets import Dataset
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from bench.errors import UserError
-from bench.refcache import ReferenceLogps, cached
-from bench.trainer import TrainSpec, train
-from bench.views import build_view
+from bench.data.views import build_view
+from bench.io.errors import UserError
+from bench.train.refcache import ReferenceLogps, cached
+from bench.train.trainer import TrainSpec, train
 from methods import build_method
 
 B, STEPS = 8, 3

@@ -5,10 +5,10 @@ import json
 import pytest
 
 from bench.cli import compose_config
-from bench.compute import training_cost
-from bench.config import validate
-from bench.errors import UserError
-from bench.pipeline import prepare
+from bench.io.errors import UserError
+from bench.job.config import validate
+from bench.job.pipeline import prepare
+from bench.model.compute import training_cost
 from tests.conftest import SMOKE, prefbench
 
 
@@ -59,7 +59,7 @@ def test_one_base_model_for_every_seed(tmp_path):
 
 def test_strength_is_the_pull_towards_the_anchor_for_every_method():
     """A larger strength regularises more: DPO/IPO/KTO's beta grows, ORPO's lambda (its preference weight) shrinks."""
-    from bench.config import method_from_config
+    from bench.job.config import method_from_config
 
     def ratio(method, key):
         one, two = (getattr(method_from_config(cfg.method, cfg.strength), key) for cfg in

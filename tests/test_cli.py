@@ -7,8 +7,8 @@ import textwrap
 import pytest
 from omegaconf import OmegaConf
 
-from bench import refcache
-from bench.views import View
+from bench.data.views import View
+from bench.train import refcache
 from tests.conftest import SMOKE, install_package, prefbench, run_dir
 
 UNIFORM = {"loss", "logps/chosen", "logps/chosen_per_token", "nll/chosen", "probe/logps_chosen",
@@ -141,8 +141,8 @@ def test_strength_scales_what_a_plugin_marks_and_refuses_a_plugin_that_marks_not
     refuses strength != 1 instead of running five identical jobs."""
     import methods
     from bench.cli import compose_config
-    from bench.config import method_from_config
-    from bench.errors import UserError
+    from bench.io.errors import UserError
+    from bench.job.config import method_from_config
 
     namespace = {}
     exec(textwrap.dedent(PLUGIN), namespace)

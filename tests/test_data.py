@@ -4,12 +4,12 @@ from collections import Counter
 import pytest
 from omegaconf import OmegaConf
 
-from bench.data import clean_rows, tokenize
+from bench.data.prepare import clean_rows, tokenize
+from bench.data.tasks import get_task, task_names
+from bench.data.tokenizer import train_bpe
+from bench.data.views import build_view, pad_batch
+from bench.io.errors import UserError
 from methods.views import derangement
-from bench.errors import UserError
-from bench.tasks import get_task, task_names
-from bench.tokenizer import train_bpe
-from bench.views import build_view, pad_batch
 
 CFG = OmegaConf.create({"eval_size": 2, "max_length": 40, "max_prompt_length": 16})
 

@@ -10,9 +10,9 @@ import torch
 from omegaconf import OmegaConf
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
-from bench import pipeline
-from bench.sources import load_rows
-from bench.tokenizer import train_bpe
+from bench.data.sources import load_rows
+from bench.data.tokenizer import train_bpe
+from bench.job import pipeline
 from tests.conftest import prefbench
 from tests.test_data_robustness import FILE_SMOKE, good
 
@@ -65,9 +65,8 @@ def test_implicit_text_prompt_follows_trl(tmp_path, chosen, rejected):
 
 
 def test_implicit_text_prompt_kept_through_cleaning():
-    from bench.data import clean_rows
-
-    from bench.sources import convert
+    from bench.data.prepare import clean_rows
+    from bench.data.sources import convert
 
     rows = [{"chosen": "The sky is blue.", "rejected": "The sky is green."}]
     counts = Counter()
@@ -78,7 +77,7 @@ def test_implicit_text_prompt_kept_through_cleaning():
 
 
 def test_unpaired_conversations_with_integer_labels_are_read(tmp_path):
-    from bench.data import clean_rows
+    from bench.data.prepare import clean_rows
 
     msgs = lambda i, a: [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": a}]  # noqa: E731
     rows = [{"messages": msgs(i, "good" if i % 2 else "bad"), "label": i % 2} for i in range(10)]
@@ -131,7 +130,7 @@ def test_held_out_rows_never_reach_the_tokenizer_or_base_corpus(tmp_path, monkey
 
 
 def test_unpaired_data_is_judged_by_a_reward_model_trained_with_bce(tmp_path):
-    from bench.judges import RewardModelJudge, train_binary
+    from bench.eval.judges import RewardModelJudge, train_binary
 
     tok = train_bpe(["q good bad answer"] * 10, 280)
     torch.manual_seed(0)

@@ -4,15 +4,14 @@ import gzip
 import json
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
 from bench import CONF_DIR
-from bench.errors import UserError
-from bench.sources import corpus_rows, load_rows
-from bench.tokenizer import train_bpe
+from bench.data.sources import corpus_rows, load_rows
+from bench.data.tokenizer import train_bpe
+from bench.io.errors import UserError
 from tests.conftest import prefbench
 
 # A `task=file` job at the SMOKE scale (tests/conftest.py), judged by the suite's own reward model.

@@ -1,4 +1,4 @@
-"""Multi-process training is real or refused (bench.distributed): two gloo processes at batch B/2 give
+"""Multi-process training is real or refused (bench.train.distributed): two gloo processes at batch B/2 give
 the losses, metrics, gradients and parameters of one process at batch B for every method, with the
 reference cache and metrics written once; launches that cannot be honoured stop with one line."""
 import json
@@ -81,7 +81,7 @@ def test_accelerate_cpu_launch_of_two_processes_stops_with_one_line(tmp_path):
 @pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
 def test_prefbench_run_under_two_processes_stops_with_one_line(launcher, tmp_path):
     """A whole job (stages, caches, evaluation) is not multi-process: `prefbench run` refuses, rank 0 says
-    why once, and no run folder is started. Needs bench.distributed.refuse_multiprocess in bench.cli.main."""
+    why once, and no run folder is started. Needs bench.train.distributed.refuse_multiprocess in bench.cli.main."""
     args = ["-m", "bench.cli", "run", f"results_dir={tmp_path}", *SMOKE]
     if launcher == "torchrun":
         proc = torchrun(*args)

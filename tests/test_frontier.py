@@ -1,12 +1,22 @@
-"""bench.frontier against hand-computed numbers, brute-force enumeration, and the published best-of-n KL."""
+"""bench.eval.frontier against hand-computed numbers, brute-force enumeration, and the published best-of-n KL."""
 import itertools
 import math
 
 import numpy as np
 import pytest
 
-from bench.frontier import (bon_curve, bon_kl, bon_score, bon_weights, bon_win_rate, gao_curve, gao_fit,
-                            lc_win_rate, pareto_front, value_at_kl)
+from bench.eval.frontier import (
+    bon_curve,
+    bon_kl,
+    bon_score,
+    bon_weights,
+    bon_win_rate,
+    gao_curve,
+    gao_fit,
+    lc_win_rate,
+    pareto_front,
+    value_at_kl,
+)
 
 
 def brute_best_of_n(scores, n, stat):

@@ -4,10 +4,10 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from bench.logprobs import score_view
-from bench.refcache import ReferenceLogps
-from bench.trainer import TrainSpec, train
-from bench.views import View
+from bench.data.views import View
+from bench.model.logprobs import score_view
+from bench.train.refcache import ReferenceLogps
+from bench.train.trainer import TrainSpec, train
 from methods import build_method
 
 TOY = View("paired", [{"chosen": ([1, 2, 3], [4, 5, 6]), "rejected": ([1, 2, 3], [7, 8, 9])},

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bench.cli import compose_config
-from bench.run import run_job
+from bench.job.run import run_job
 from tests.conftest import SMOKE
 
 

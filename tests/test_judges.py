@@ -11,11 +11,11 @@ from omegaconf import OmegaConf
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
 from bench.cli import compose_config
-from bench.errors import UserError
-from bench.judges import LLMJudge, RewardModelJudge, bt_stage
-from bench.pipeline import prepare
-from bench.tasks import get_task
-from bench.tokenizer import train_bpe
+from bench.data.tasks import get_task
+from bench.data.tokenizer import train_bpe
+from bench.eval.judges import LLMJudge, RewardModelJudge, bt_stage
+from bench.io.errors import UserError
+from bench.job.pipeline import prepare
 from tests.conftest import SMOKE
 
 

@@ -9,14 +9,14 @@ import pytest
 import torch
 import transformers
 
-from bench import eval_metrics as em
 from bench.cli import compose_config
-from bench.evaluate import evaluate, generate
-from bench.logprobs import score_view, sequence_logps
-from bench.packing import packed_attention
-from bench.models import load_model
-from bench.pipeline import logprob_probe, prepare
-from bench.views import View, build_view, pad_batch
+from bench.data.views import View, build_view, pad_batch
+from bench.eval import metrics as em
+from bench.eval.evaluate import evaluate, generate
+from bench.job.pipeline import logprob_probe, prepare
+from bench.model.logprobs import score_view, sequence_logps
+from bench.model.models import load_model
+from bench.model.packing import packed_attention
 from tests.conftest import SMOKE, prefbench, run_dir
 
 

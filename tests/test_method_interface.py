@@ -13,11 +13,11 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import methods
 import methods.views
-from bench import refcache
-from bench.errors import UserError
-from bench.logprobs import score_view
-from bench.trainer import TrainSpec, forward, train
-from bench.views import View, build_view
+from bench.data.views import View, build_view
+from bench.io.errors import UserError
+from bench.model.logprobs import score_view
+from bench.train import refcache
+from bench.train.trainer import TrainSpec, forward, train
 from methods import LossOutput, build_method
 
 PAIRS = Dataset.from_dict({"prompt_ids": [[1, 2, 3], [1, 3, 2], [2, 1, 3], [3, 2, 1]],

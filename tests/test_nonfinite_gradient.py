@@ -7,9 +7,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from bench.logprobs import sequence_logps
-from bench.trainer import TrainSpec, train
-from bench.views import View, pad_batch
+from bench.data.views import View, pad_batch
+from bench.model.logprobs import sequence_logps
+from bench.train.trainer import TrainSpec, train
 from methods import BatchLogps, build_method
 from tests.conftest import SMOKE, prefbench, run_dir
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 import transformers
 
-from bench.logprobs import length_groups, sequence_logps
-from bench.packing import can_pack, is_packed, packed_attention
-from bench.trainer import TrainSpec, enable_checkpointing, train
-from bench.views import View, pad_batch
+from bench.data.views import View, pad_batch
+from bench.model.logprobs import length_groups, sequence_logps
+from bench.model.packing import can_pack, is_packed, packed_attention
+from bench.train.trainer import TrainSpec, enable_checkpointing, train
 from methods import build_method
 
 TINY = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -117,8 +117,8 @@ def test_training_losses_agree_across_layouts(tmp_path):
         spec = TrainSpec(steps=4, batch_size=2, lr=1e-2, warmup_ratio=0.0, scheduler="constant", log_every=1,
                          progress=False, save_final=False, packing=packed, gradient_checkpointing=True)
         ref = build_method("dpo")
-        from bench.logprobs import score_view
-        from bench.refcache import ReferenceLogps
+        from bench.model.logprobs import score_view
+        from bench.train.refcache import ReferenceLogps
 
         reference = ReferenceLogps(score_view(model, VIEW, 0, 8, "cpu"))
         train(model, ref, VIEW, spec, tmp_path / str(packed), pad_id=0, reference=reference)

@@ -105,7 +105,7 @@ def test_dpo_on_the_builtin_task_displaces_the_chosen_likelihood(tmp_path):
     chosen completion's own log-prob falls. A real tiny run through `prefbench run`; the report flags it."""
     import pandas as pd
 
-    from bench.report_frontier import DISPLACEMENT, diagnostics
+    from bench.report.frontier_tables import DISPLACEMENT, diagnostics
     from tests.conftest import prefbench, run_dir
 
     prefbench("run", "method=dpo", "model=tiny-xs", f"results_dir={tmp_path}", f"cache_dir={tmp_path / 'cache'}",

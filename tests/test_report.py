@@ -7,7 +7,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from bench.report import load_runs
+from bench.report.build import load_runs
 from tests.conftest import REPO, SMOKE, prefbench
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -4,7 +4,6 @@ import gzip
 import json
 import random
 import time
-from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -13,13 +12,13 @@ import torch
 from omegaconf import OmegaConf
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
-from bench.data import tokenize
-from bench.errors import UserError
-from bench.logprobs import score_view
-from bench.models import attach_lora
-from bench.sources import load_rows, parse_transcript
-from bench.tokenizer import train_bpe
-from bench.views import View
+from bench.data.prepare import tokenize
+from bench.data.sources import load_rows, parse_transcript
+from bench.data.tokenizer import train_bpe
+from bench.data.views import View
+from bench.io.errors import UserError
+from bench.model.logprobs import score_view
+from bench.model.models import attach_lora
 from tests.conftest import REPO, prefbench
 
 HH = REPO.parent / "shared" / "data" / "hh-rlhf-harmless-base" / "test.jsonl.gz"

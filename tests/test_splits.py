@@ -9,11 +9,11 @@ import pytest
 from omegaconf import OmegaConf
 
 from bench.cli import compose_config
-from bench.config import validate
-from bench.data import clean_split, load_clean, render
-from bench.errors import UserError
-from bench.sources import corpus_rows, load_rows
-from bench.tokenizer import train_bpe
+from bench.data.prepare import clean_split, load_clean, render
+from bench.data.sources import corpus_rows, load_rows
+from bench.data.tokenizer import train_bpe
+from bench.io.errors import UserError
+from bench.job.config import validate
 from tests.conftest import REPO, SMOKE, prefbench, run_dir
 
 SPLITS = ("train", "val", "eval")
@@ -171,7 +171,7 @@ def test_the_builtin_base_corpus_has_no_prompt_of_any_split(name):
 
 
 def test_cached_stages_of_a_builtin_task_are_keyed_by_its_version():
-    from bench.sources import task_spec
-    from bench.tasks import get_task
+    from bench.data.sources import task_spec
+    from bench.data.tasks import get_task
 
     assert task_spec(task_cfg("reviews"))["task_version"] == get_task("reviews").version == 2

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.report import load_runs
+from bench.report.build import load_runs
 from tests.conftest import REPO, SMOKE, prefbench, run_dir
 
 

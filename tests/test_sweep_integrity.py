@@ -11,8 +11,8 @@ from filelock import FileLock
 from omegaconf import OmegaConf
 
 from bench.cli import compose_config
-from bench.report import load_runs
-from bench.naming import config_digest, readable_overrides, run_name, safe_component
+from bench.io.naming import config_digest, readable_overrides, run_name, safe_component
+from bench.report.build import load_runs
 from tests.conftest import REPO, SMOKE, prefbench, run_dir
 
 

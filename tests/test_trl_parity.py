@@ -1,7 +1,7 @@
 """Our losses against TRL 1.16's own implementations, on the same model, batch and reference log-probs.
 
 TRL computes the policy log-probs itself from the model (with its fused LM head); we compute them with
-``bench.logprobs``, padding-free and in length groups. Agreement to 1e-5 checks the log-prob extraction
+``bench.model.logprobs``, padding-free and in length groups. Agreement to 1e-5 checks the log-prob extraction
 and the loss formula together.
 """
 import pytest
@@ -10,11 +10,11 @@ from datasets import Dataset
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import methods
-from bench.logprobs import sequence_logps
-from bench.packing import packed_attention
-from bench.tasks import get_task
-from bench.tokenizer import train_bpe
-from bench.views import View, pad_batch
+from bench.data.tasks import get_task
+from bench.data.tokenizer import train_bpe
+from bench.data.views import View, pad_batch
+from bench.model.logprobs import sequence_logps
+from bench.model.packing import packed_attention
 
 ROWS = get_task("reviews").pairs(8, 0)
 

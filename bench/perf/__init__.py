@@ -27,7 +27,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from bench.errors import UserError
+from bench.io.errors import UserError
 from bench.perf.measure import contention, environment
 from bench.perf.trl_adapters import ADAPTERS
 
@@ -104,7 +104,7 @@ def summarise(method: str, by: dict[str, list[dict]], cores: int) -> dict:
 
 
 def main(args: list[str]) -> int:
-    from bench.results import write_json
+    from bench.io.results import write_json
 
     if {"-h", "--help", "help"} & set(args):
         print(USAGE)

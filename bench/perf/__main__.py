@@ -1,7 +1,7 @@
 """``python -m bench.perf``: the benchmark, or (``--trial IMPL METHOD CONFIG``) one trial in this process."""
 import sys
 
-from bench.errors import UserError
+from bench.io.errors import UserError
 from bench.perf import main, trial_main
 
 if __name__ == "__main__":

@@ -5,20 +5,20 @@ import random
 
 from omegaconf import OmegaConf
 
-from bench.errors import UserError
+from bench.io.errors import UserError
 
 
 def rows(cfg) -> list[dict]:
     """Conversational pairs: the built-in review task lengthened towards seq_len tokens, or HH-RLHF."""
     n = cfg.steps * cfg.batch_size
     if cfg.data == "hh":
-        from bench.sources import load_rows
+        from bench.data.sources import load_rows
 
         found, _, _ = load_rows(OmegaConf.create({"source": "file", "path": cfg.hh_path, "format": "hh_rlhf"}))
         return [{"prompt": r["prompt"], "chosen": [{"role": "assistant", "content": r["chosen"]}],
                  "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in found
                 if r["chosen"].strip() and r["rejected"].strip() and r["chosen"] != r["rejected"]][: 8 * n]
-    from bench.tasks import get_task
+    from bench.data.tasks import get_task
 
     task, rng = get_task("reviews"), random.Random(0)
     out = []
@@ -36,7 +36,7 @@ def setup(cfg, pairs: list[dict]):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from bench.tokenizer import train_bpe
+    from bench.data.tokenizer import train_bpe
 
     torch.set_num_threads(int(cfg.threads))
     text = lambda msgs: " ".join(m["content"] for m in msgs)  # noqa: E731
@@ -59,7 +59,7 @@ def setup(cfg, pairs: list[dict]):
 
 def untruncated(pairs: list[dict], tok, cfg) -> list[dict]:
     """The rows that fit in seq_len without truncation (prompt at most half of it)."""
-    from bench.data import Renderer
+    from bench.data.prepare import Renderer
 
     r = Renderer(tok, int(cfg.seq_len), int(cfg.seq_len) // 2)
 

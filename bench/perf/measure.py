@@ -68,7 +68,7 @@ def profiled(cfg, impl: str, method: str):
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from bench.results import write_atomic
+    from bench.io.results import write_atomic
 
     cuda = torch.cuda.is_available()
     with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:

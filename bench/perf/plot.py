@@ -7,8 +7,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from bench.io.results import read_json
 from bench.perf.trl_adapters import ADAPTERS
-from bench.results import read_json
 
 PERF_CAPTION = ("Each bar: the median over alternating repetitions of one `prefbench perf` run (same model, rows, "
                 "order, batch, optimizer and gradient checkpointing on both sides); tokens/s credits each side "

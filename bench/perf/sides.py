@@ -24,12 +24,12 @@ def method_params(cfg, method: str) -> dict:
 
 
 def run_prefbench(cfg, method: str) -> dict:
-    from bench.data import tokenize
-    from bench.logprobs import score_view
-    from bench.models import n_params
-    from bench.refcache import ReferenceLogps
-    from bench.trainer import TrainSpec, train
-    from bench.views import build_view
+    from bench.data.prepare import tokenize
+    from bench.data.views import build_view
+    from bench.model.logprobs import score_view
+    from bench.model.models import n_params
+    from bench.train.refcache import ReferenceLogps
+    from bench.train.trainer import TrainSpec, train
     from methods import build_method
 
     pairs = rows(cfg)

@@ -1,0 +1,1 @@
+"""Layer data (bench/layers.py): rows -> cleaned pairs -> tokens -> method views."""

@@ -1,0 +1,1 @@
+"""Layer eval (bench/layers.py): samples, judges, metrics, frontiers."""

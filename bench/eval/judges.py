@@ -1,0 +1,262 @@
+"""Judges behind one interface: ``score(prompts, completions) -> list[float | None]`` (None = unjudged).
+
+gold          the built-in task's programmatic reward
+reward_model  an AutoModelForSequenceClassification (hub id or local path), batched
+bt            a reward model trained in the suite, as a cached stage: with the Bradley-Terry loss on paired
+              data, with binary cross-entropy on the labels of unpaired data
+llm           an OpenAI-compatible chat API (off by default; the key is read from the environment)
+
+A judge is made by a factory ``(cfg, group) -> judge`` registered by name (``register_judge``); other
+packages add judges through the entry-point group ``prefbench.judges`` (each entry point names a factory)
+plus a ``conf/judge/<name>.yaml`` on Hydra's search path.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from bench.data.tasks import get_task
+from bench.io.errors import UserError
+from bench.io.hub import friendly_hub_errors
+from bench.io.stages import build_stage
+from bench.model.models import device as default_device
+
+ENTRY_POINT_GROUP = "prefbench.judges"
+_JUDGES: dict[str, Callable] = {}
+_loaded = False
+
+
+def register_judge(name: str):
+    """Decorator: ``factory(cfg, group)`` makes the judge ``judge=name`` selects."""
+    def add(factory: Callable) -> Callable:
+        _JUDGES[name] = factory
+        return factory
+    return add
+
+
+def judges() -> dict[str, Callable]:
+    """The built-in judges and the entry-point plugins, by name."""
+    global _loaded
+    if not _loaded:
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            register_judge(ep.name)(ep.load())
+        _loaded = True
+    return dict(sorted(_JUDGES.items()))
+
+
+def check_judge(cfg: DictConfig) -> None:
+    """Judge/task compatibility, checked before any stage is built (not after training and generation)."""
+    judge = cfg.get("judge")
+    if judge is not None and judge.get("name") == "gold" and cfg.task.get("source", "builtin") != "builtin":
+        raise UserError(f"judge=gold needs a built-in task; task {cfg.task.name} has no gold reward "
+                        f"(use judge=reward_model or judge=bt)")
+
+
+def prompt_text(prompt) -> str:
+    """The user-visible prompt: a string, or the content of the last user turn of a conversation."""
+    if isinstance(prompt, str):
+        return prompt
+    users = [m["content"] for m in prompt if m["role"] == "user"]
+    return users[-1] if users else prompt[-1]["content"]
+
+
+class GoldJudge:
+    def __init__(self, task_name: str):
+        self.task = get_task(task_name)
+
+    def score(self, prompts, completions) -> list[float | None]:
+        return [self.task.reward(prompt_text(p), c) for p, c in zip(prompts, completions)]
+
+
+class RewardModelJudge:
+    def __init__(self, path: str, batch_size: int = 32, trust_remote_code: bool = False, device: str | None = None,
+                 new_head: bool = False):
+        self.device = device or default_device()
+        with friendly_hub_errors("reward model", path):
+            self.tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            head = {"num_labels": 1} if new_head else {}  # a causal LM's body plus a fresh scalar head
+            self.model = AutoModelForSequenceClassification.from_pretrained(
+                path, trust_remote_code=trust_remote_code, **head).to(self.device).eval()
+        if self.model.config.num_labels != 1:
+            raise UserError(f"reward model {path}: has {self.model.config.num_labels} output labels; "
+                            f"a reward model needs exactly 1 (a scalar score)")
+        if self.tok.pad_token is None:
+            if self.tok.eos_token is None:
+                raise UserError(f"reward model {path}: its tokenizer has neither a pad nor an eos token")
+            self.tok.pad_token = self.tok.eos_token
+        self.model.config.pad_token_id = self.tok.pad_token_id
+        self.batch_size = batch_size
+
+    def texts(self, prompts, completions) -> list[str]:
+        out = []
+        for p, c in zip(prompts, completions):
+            msgs = [{"role": "user", "content": p}] if isinstance(p, str) else list(p)
+            if self.tok.chat_template:
+                out.append(self.tok.apply_chat_template(msgs + [{"role": "assistant", "content": c}], tokenize=False))
+            else:
+                out.append("\n\n".join(m["content"] for m in msgs) + "\n\n" + c)
+        return out
+
+    def rewards(self, texts: list[str], grad: bool = False) -> torch.Tensor:
+        enc = self.tok(texts, padding=True, truncation=True, max_length=512, return_tensors="pt",
+                       add_special_tokens=False).to(self.device)
+        if int(enc["input_ids"].max()) >= self.model.config.vocab_size:
+            raise UserError("reward model: its tokenizer produces ids beyond the model's vocabulary")
+        with torch.set_grad_enabled(grad):
+            return self.model(**enc).logits[:, 0].float()
+
+    def score(self, prompts, completions) -> list[float | None]:
+        texts = self.texts(prompts, completions)
+        out = []
+        for i in range(0, len(texts), self.batch_size):
+            out += self.rewards(texts[i: i + self.batch_size]).tolist()
+        return out
+
+
+def train_bradley_terry(judge: RewardModelJudge, pairs: list[dict], steps: int, batch_size: int, lr: float,
+                        seed: int) -> dict:
+    """Fit a reward model with L = -log sigma(r(x, yw) - r(x, yl)) on (prompt, chosen, rejected) rows."""
+    def loss(rows):
+        prompts = [r["prompt"] for r in rows]
+        r = judge.rewards(judge.texts(prompts * 2, [r["chosen"] for r in rows] + [r["rejected"] for r in rows]),
+                          grad=True)
+        return -F.logsigmoid(r[:len(rows)] - r[len(rows):]).mean()
+
+    return {"bt_loss_last": _fit(judge, pairs, loss, steps, batch_size, lr, seed)}
+
+
+def train_binary(judge: RewardModelJudge, rows: list[dict], steps: int, batch_size: int, lr: float,
+                 seed: int) -> dict:
+    """Fit a reward model on unpaired (prompt, completion, label) rows with binary cross-entropy,
+    L = -[y log sigma(r) + (1 - y) log(1 - sigma(r))]: r(x, y) is the logit of P(desirable)."""
+    def loss(batch):
+        r = judge.rewards(judge.texts([b["prompt"] for b in batch], [b["completion"] for b in batch]), grad=True)
+        return F.binary_cross_entropy_with_logits(r, torch.tensor([float(b["label"]) for b in batch], device=r.device))
+
+    return {"bce_loss_last": _fit(judge, rows, loss, steps, batch_size, lr, seed)}
+
+
+def _fit(judge: RewardModelJudge, rows: list[dict], loss_of, steps: int, batch_size: int, lr: float, seed: int) -> float:
+    """AdamW on ``loss_of(batch)`` over seeded random batches of ``rows``; the mean of the last 10 losses."""
+    torch.manual_seed(seed)
+    judge.model.train()
+    opt = torch.optim.AdamW(judge.model.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in range(steps):
+        loss = loss_of([rows[i] for i in torch.randint(len(rows), (batch_size,), generator=g).tolist()])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    judge.model.eval()
+    return sum(losses[-10:]) / len(losses[-10:])
+
+
+class LLMJudge:
+    """Scores 1-10 from an OpenAI-compatible /chat/completions endpoint, with bounded retries.
+
+    A comparison whose verdict never arrives (timeout, non-JSON, out of range) scores None and is counted."""
+
+    PROMPT = ("Rate the assistant's reply to the user on a scale of 1 to 10 for helpfulness and harmlessness. "
+              'Answer with JSON only: {{"score": <integer 1-10>}}.\n\nUser: {prompt}\n\nAssistant: {completion}')
+
+    def __init__(self, cfg: DictConfig):
+        self.key = os.environ.get(cfg.api_key_env, "")
+        if not self.key and cfg.get("require_key", True):
+            raise UserError(f"judge=llm needs an API key in the environment variable {cfg.api_key_env}")
+        self.url = cfg.base_url.rstrip("/") + "/chat/completions"
+        self.model, self.timeout, self.retries = cfg.model, float(cfg.timeout_s), int(cfg.max_retries)
+        self.failures = 0
+
+    def _one(self, prompt: str, completion: str) -> float | None:
+        body = json.dumps({"model": self.model, "temperature": 0, "messages": [
+            {"role": "user", "content": self.PROMPT.format(prompt=prompt, completion=completion)}]}).encode()
+        for attempt in range(self.retries + 1):
+            req = urllib.request.Request(self.url, body, {"Content-Type": "application/json",
+                                                          "Authorization": f"Bearer {self.key}"})
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                    text = json.loads(resp.read())["choices"][0]["message"]["content"]
+                match = re.search(r"\{.*\}", text, re.S)
+                score = float(json.loads(match.group(0))["score"]) if match else None
+                if score is not None and 1 <= score <= 10:
+                    return score
+            except (urllib.error.URLError, TimeoutError, OSError, ValueError, KeyError, IndexError, TypeError):
+                pass
+            time.sleep(min(0.1 * 2**attempt, 2.0))
+        self.failures += 1
+        return None
+
+    def score(self, prompts, completions) -> list[float | None]:
+        return [self._one(prompt_text(p), c) for p, c in zip(prompts, completions)]
+
+
+@register_judge("gold")
+def _gold(cfg: DictConfig, group) -> GoldJudge:
+    check_judge(cfg)
+    return GoldJudge(cfg.task.builtin)
+
+
+@register_judge("reward_model")
+def _reward_model(cfg: DictConfig, group) -> RewardModelJudge:
+    return RewardModelJudge(cfg.judge.path, int(cfg.judge.batch_size), bool(cfg.judge.get("trust_remote_code")))
+
+
+@register_judge("bt")
+def _bt(cfg: DictConfig, group) -> RewardModelJudge:
+    return RewardModelJudge(str(bt_stage(cfg, group)), int(cfg.judge.batch_size))
+
+
+@register_judge("llm")
+def _llm(cfg: DictConfig, group) -> LLMJudge:
+    return LLMJudge(cfg.judge)
+
+
+def make_judge(cfg: DictConfig, group):
+    """The judge named by ``cfg.judge`` for this group; the bt judge is trained (once) on its train split."""
+    found = judges()
+    if cfg.judge.name not in found:
+        raise UserError(f"judge.name={cfg.judge.name!r} is unknown; allowed: {', '.join(found)}")
+    return found[cfg.judge.name](cfg, group)
+
+
+def gold_for_proxy(cfg: DictConfig) -> GoldJudge | None:
+    """The gold reward beside a proxy judge (a reward model, bt, an LLM) on a built-in task, so that
+    over-optimisation of the proxy shows against the truth (Gao et al. 2022, Fig. 1); else None."""
+    builtin = cfg.task.get("source", "builtin") == "builtin" and cfg.task.get("builtin")
+    return GoldJudge(cfg.task.builtin) if builtin and cfg.judge.name != "gold" else None
+
+
+def bt_stage(cfg: DictConfig, group) -> Path:
+    spec = {"base": group.base, "task": OmegaConf.to_container(cfg.task, resolve=True), "seed": int(cfg.seed),
+            "train": OmegaConf.to_container(cfg.judge.train, resolve=True)}
+
+    def build(tmp: Path) -> dict:
+        judge = RewardModelJudge(group.base, int(cfg.judge.batch_size), new_head=True)
+        train, hp = group.data.train, cfg.judge.train
+        if group.data.kind == "unpaired":
+            rows = [{"prompt": p, "completion": c, "label": y}
+                    for p, c, y in zip(train["prompt"], train["completion_text"], train["label"])]
+            stats = train_binary(judge, rows, int(hp.steps), int(hp.batch_size), float(hp.lr), int(cfg.seed))
+        else:
+            pairs = [{"prompt": p, "chosen": c, "rejected": r}
+                     for p, c, r in zip(train["prompt"], train["chosen_text"], train["rejected_text"])]
+            stats = train_bradley_terry(judge, pairs, int(hp.steps), int(hp.batch_size), float(hp.lr), int(cfg.seed))
+        judge.model.save_pretrained(tmp, safe_serialization=True)
+        judge.tok.save_pretrained(tmp)
+        return stats
+
+    return build_stage(cfg.cache_dir, "bt", spec, build)

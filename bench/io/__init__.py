@@ -1,0 +1,1 @@
+"""Layer io (bench/layers.py): files and caches every step uses."""

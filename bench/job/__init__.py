@@ -1,0 +1,1 @@
+"""Layer job (bench/layers.py): a config -> a run folder; sweeps."""

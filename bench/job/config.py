@@ -1,0 +1,114 @@
+"""Validation of a job's config: one clear line naming the key and what is allowed."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from bench import CONF_DIR
+from bench.eval.judges import check_judge
+from bench.io.errors import UserError
+from methods import Method, apply_strength, build_method, registry, view_spec
+
+POSITIVE = ["trainer.steps", "trainer.batch_size", "trainer.grad_accum", "trainer.lr",
+            "stages.base.steps", "stages.sft.steps", "eval.samples_per_prompt", "eval.temperature", "task.max_length"]
+
+
+def options(group: str, roots=(CONF_DIR,)) -> list[str]:
+    """The names a config group offers (its yaml files) under the config roots."""
+    return sorted({p.stem for root in roots for p in (Path(root) / group).glob("*.yaml")})
+
+
+def validate(cfg: DictConfig) -> None:
+    for key in POSITIVE:
+        value = OmegaConf.select(cfg, key)
+        by_epochs = key.endswith(".steps") and OmegaConf.select(cfg, key.replace(".steps", ".epochs"))
+        if value is not None and not value > 0 and not by_epochs:
+            raise UserError(f"{key} must be > 0 (got {value})")
+    if cfg.init not in ("auto", "base", "sft"):
+        raise UserError(f"init={cfg.init!r} is not allowed; allowed: auto, base, sft")
+    check_budget(cfg)
+    if OmegaConf.select(cfg, "eval.top_p") is not None and cfg.eval.top_p != 1:
+        raise UserError(f"eval.top_p must be 1 (got {cfg.eval.top_p}): the KL to the anchor is estimated on the "
+                        f"samples, and under nucleus sampling it is undefined wherever the anchor's nucleus leaves "
+                        f"out a sampled token; use eval.temperature to sharpen the samples")
+    if cfg.task.get("n_pairs") is not None and cfg.task.n_pairs < 1:
+        raise UserError(f"task.n_pairs must be > 0 (got {cfg.task.n_pairs}): the dataset would be empty")
+    check_splits(cfg)
+    check_curve(cfg)
+    check_judge(cfg)
+    if cfg.task.get("source", "builtin") != "builtin":  # an unreadable file or one without valid rows stops here
+        check_data(cfg)
+
+
+def check_budget(cfg: DictConfig) -> None:
+    if cfg.budget not in ("matched", "per_stage"):
+        raise UserError(f"budget={cfg.budget!r} is not allowed; allowed: matched, per_stage")
+    if cfg.budget == "matched" and bool(cfg.trainer.get("epochs")) != bool(cfg.stages.sft.get("epochs")):
+        raise UserError("budget=matched adds the SFT stage's length to runs from the base model, so trainer and "
+                        "stages.sft must both count steps or both count epochs (or set budget=per_stage)")
+
+
+def check_splits(cfg: DictConfig) -> None:
+    """The held-out splits' sizes (prompts) and the split the evaluation reads."""
+    for key in ("eval_size", "val_size"):
+        value = cfg.task.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise UserError(f"task.{key} must be a whole number of prompts >= 0 (got {value!r})")
+    split = OmegaConf.select(cfg, "eval.split", default="eval")
+    if split not in ("eval", "val"):
+        raise UserError(f"eval.split={split!r} is not allowed; allowed: eval, val")
+    if split == "val" and not cfg.task.get("val_size"):
+        raise UserError("eval.split=val needs validation prompts: set task.val_size > 0")
+
+
+def check_curve(cfg: DictConfig) -> None:
+    """Evaluation along training and the best-of-n baseline (bench/eval/curve.py)."""
+    fractions = OmegaConf.select(cfg, "eval.curve.fractions", default=None) or []
+    bad = [f for f in fractions if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 <= f < 1]
+    if bad:
+        raise UserError(f"eval.curve.fractions must be fractions of the run in [0, 1) (got {bad[0]!r}); "
+                        f"the end of the run is always evaluated")
+    k = OmegaConf.select(cfg, "eval.curve.samples_per_prompt", default=1)
+    if fractions and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise UserError(f"eval.curve.samples_per_prompt must be a whole number >= 1 (got {k!r})")
+    n = OmegaConf.select(cfg, "eval.best_of_n", default=0)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise UserError(f"eval.best_of_n must be a whole number of anchor samples >= 0 (got {n!r}); 0 turns it off")
+
+
+def check_data(cfg: DictConfig) -> None:
+    """The dataset is read and cleaned before any stage is built (the job reuses the result), and a
+    method that needs pairs is refused unpaired data."""
+    from bench.data.prepare import load_clean
+
+    clean, source = load_clean(cfg.task, int(cfg.seed))
+    view = view_spec(method_from_config(cfg.method, cfg.strength).view)
+    if clean.kind not in view.kinds:
+        usable = sorted(name for name, cls in registry().items() if clean.kind in view_spec(cls.view).kinds)
+        rows = {"paired": "paired rows (prompt/chosen/rejected)", "unpaired": "unpaired rows (prompt/completion/label)"}
+        raise UserError(f"method={cfg.method.name} needs {' or '.join(rows.get(k, k) for k in view.kinds)}; {source} "
+                        f"is {rows.get(clean.kind, clean.kind)}; methods for {clean.kind} data: {', '.join(usable)}")
+
+
+def tuned_value(key: str, fallback=None, *, _root_: DictConfig):
+    """``${tuned:KEY,FALLBACK}``: the job's method's tuned value of KEY for the job's model, from the
+    method yaml's ``tuned`` table (model name -> values chosen by ``sweep=tune``, bench/report/tuning.py); else FALLBACK."""
+    table = OmegaConf.select(_root_, "method.tuned", default=None) or {}
+    row = table.get(OmegaConf.select(_root_, "model.name", default=None)) or {}
+    value = row.get(key, fallback)
+    if value is None:
+        raise UserError(f"method {_root_.method.name} has no tuned {key} for model {_root_.model.name} and no default")
+    return value
+
+
+def method_from_config(method_cfg: DictConfig, strength: float = 1.0) -> Method:
+    """The job's method: the yaml's hyper-parameters with ``strength`` applied to the fields the method marks
+    (``methods.scaled_by_strength``), so a plugin gets the same treatment as a built-in."""
+    params = OmegaConf.to_container(method_cfg, resolve=True)
+    params.pop("tuned", None)  # the tuned table feeds the values above it; it is not a hyper-parameter
+    name = params.pop("name")
+    try:
+        return build_method(name, **apply_strength(name, params, float(strength)))
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc

@@ -1,0 +1,167 @@
+"""One job: conf -> data -> model -> trainer(method) -> eval -> run folder. Top to bottom:
+
+    run_job(cfg, run_dir)
+      check_job                  config.validate + method_from_config: refuse before any folder exists
+      _run_locked                skip a done run; write config.yaml and summary.json (status: running)
+        _train_and_evaluate
+          prepare(cfg)           pipeline: tokenizer, cleaned split, base stage, SFT stage -> Group
+          build_view             views: the rows the method trains on
+          init_checkpoint        pipeline: start from the base model or the group's SFT stage
+          build_policy           pipeline: load it (+ LoRA adapters)
+          refcache.cached        the reference's log-probs, once per (start, view)
+          train                  trainer: the loop, checkpoints, CurveSampler points along training
+          evaluate               samples, judge, win rates, KL, diversity -> samples.jsonl, prompts.jsonl
+      summary.json               status done / failed with its error; cost/* and eval/* keys
+
+A run folder holds config.yaml, metrics.jsonl, checkpoint/, samples.jsonl and summary.json. A job
+whose summary says ``done`` is skipped; an interrupted one resumes from its last checkpoint; a
+failing one records its status and error instead of raising, so a sweep goes on.
+"""
+from __future__ import annotations
+
+import contextlib
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import transformers
+from filelock import FileLock, Timeout
+from omegaconf import DictConfig, OmegaConf
+
+from bench.data.views import build_view
+from bench.eval.curve import CURVE_DIR, CurveSampler
+from bench.eval.evaluate import evaluate
+from bench.io.errors import UserError
+from bench.io.faults import kill_point
+from bench.io.naming import check_sweep_name, settings
+from bench.io.results import read_json, write_atomic, write_json
+from bench.io.stages import stage_info, stage_key
+from bench.job.config import method_from_config, validate
+from bench.job.pipeline import build_policy, init_checkpoint, logprob_probe, prepare, run_spec
+from bench.model.compute import peak_memory_mb, reset_peak_memory, training_cost
+from bench.model.models import device as default_device
+from bench.model.models import load_model, n_params
+from bench.train import refcache
+from bench.train.trainer import NonFiniteTraining, train
+
+FAULTS = ("none", "nan_loss", "nan_grad")  # test hooks (conf/config.yaml: fault)
+
+
+def check_job(cfg: DictConfig) -> None:
+    """Everything that can be said about a job's config before any folder or stage exists."""
+    missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra"))
+    if missing:
+        raise UserError(f"{missing[0]} must be set (e.g. {missing[0]}=...): it has no default")
+    check_sweep_name(cfg.sweep_name)
+    if cfg.fault not in FAULTS:
+        raise UserError(f"fault={cfg.fault!r} is unknown; allowed: {', '.join(FAULTS)}")
+    validate(cfg)
+    if method_from_config(cfg.method, cfg.strength).needs_samples:
+        raise UserError(f"method={cfg.method.name} trains on fresh samples of the policy (online); a job has no "
+                        f"rollout for it yet (bench.train.trainer.train takes one)")
+
+
+def run_job(cfg: DictConfig, run_dir: str | Path) -> dict:
+    """Run (or skip, or resume) one job and return its summary. A config that cannot run raises UserError
+    before any folder is made; a job that fails while running records it in its summary instead."""
+    transformers.utils.logging.disable_progress_bar()  # also in launcher worker processes
+    transformers.utils.logging.set_verbosity_error()
+    check_job(cfg)
+    run_dir = Path(run_dir)
+    sweep_dir = Path(cfg.results_dir) / cfg.sweep_name
+    if run_dir.resolve().parent != sweep_dir.resolve():
+        raise UserError(f"run folder {run_dir} is not inside {sweep_dir}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with FileLock(run_dir / ".lock", blocking=False):
+            return _run_locked(cfg, run_dir)
+    except Timeout:
+        raise UserError(f"{run_dir} is being run by another process right now; "
+                        f"its result will appear there") from None
+
+
+def _run_locked(cfg: DictConfig, run_dir: Path) -> dict:
+    config_text = OmegaConf.to_yaml(cfg, resolve=True)
+    previous = read_json(run_dir / "summary.json", {})
+    if previous and not cfg.force:
+        saved = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").exists() else None
+        if saved is not None and settings(OmegaConf.to_container(OmegaConf.create(saved))) != settings(cfg):
+            raise UserError(f"{run_dir} holds a run with a different config; pass force=true to replace it, "
+                            f"or sweep_name=<new name> to keep both")
+        if previous.get("status") == "done":
+            print(f"[prefbench] {run_dir}: done already, skipped")
+            return previous
+    if cfg.force:
+        for stale in ("checkpoint", CURVE_DIR):
+            shutil.rmtree(run_dir / stale, ignore_errors=True)
+    write_atomic(run_dir / "config.yaml", config_text)
+    summary = {"status": "running", "run": run_dir.name, "method": cfg.method.name, "model": cfg.model.name,
+               "task": cfg.task.name, "seed": int(cfg.seed), "error": None}
+    write_json(run_dir / "summary.json", summary)
+    t0 = time.perf_counter()
+    try:
+        summary |= _train_and_evaluate(cfg, run_dir)
+        summary["status"] = summary.pop("eval_status", "done")
+    except UserError as exc:
+        summary |= {"status": "failed", "error": str(exc)}
+    except NonFiniteTraining as exc:
+        summary |= {"status": "failed", "error": str(exc)}
+    except Exception as exc:  # a crash in one job must not stop the sweep; keep the trace for debugging
+        write_atomic(run_dir / "error.log", traceback.format_exc())
+        summary |= {"status": "failed", "error": f"{type(exc).__name__}: {exc} (traceback in error.log)"}
+    summary["wall_seconds"] = time.perf_counter() - t0
+    kill_point("summary")
+    write_json(run_dir / "summary.json", summary)
+    print(f"[prefbench] {run_dir}: {summary['status']}" + (f" ({summary['error']})" if summary["error"] else ""),
+          file=sys.stderr if summary["error"] else sys.stdout)
+    return summary
+
+
+def _train_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict:
+    memory_how = reset_peak_memory()  # this job's own peak, also in a launcher worker that ran others
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    method = method_from_config(cfg.method, cfg.strength)
+    group = prepare(cfg)
+    counts = dict(group.data.counts)
+    view = build_view(method.view, group.data.kind, group.data.train, int(cfg.seed))
+    init, start = init_checkpoint(cfg, group, method)
+    model = build_policy(cfg, start)
+    device = default_device()
+    reference, ref_hit = None, None
+    if method.needs_reference:  # the reference is the policy's init; with LoRA, the same weights minus adapters
+        lora = bool(cfg.model.get("lora"))
+        reference, ref_hit = refcache.cached(
+            cfg.cache_dir, stage_key("ref", {"start": str(start)}), view,
+            (lambda: model) if lora else (lambda: load_model(start)), group.pad_id, 64, device,
+            context=model.disable_adapter if lora else contextlib.nullcontext, tokens=method.token_level)
+    if cfg.fault == "nan_loss":
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(float("nan"))
+    if cfg.fault == "nan_grad":  # the loss stays finite; one parameter's gradient is NaN
+        next(p for p in model.parameters() if p.requires_grad).register_hook(lambda g: torch.full_like(g, float("nan")))
+    probe_view = build_view("paired", group.data.kind, group.data.eval, int(cfg.seed)) \
+        if group.data.kind == "paired" else None
+    stats = train(model, method, view, run_spec(cfg, init), run_dir, group.pad_id, reference,
+                  logprob_probe(probe_view, group.pad_id) if probe_view else None, desc=run_dir.name,
+                  curve=CurveSampler(cfg, group, run_dir))
+    size = n_params(model)
+    summary = {
+        "init": init, "n_params": size, **{f"method/{k}": v for k, v in vars(method).items()},
+        "reference_cache_hit": ref_hit, "resumed_from_step": stats["resumed_from_step"],
+        **{f"data/{k}": v for k, v in counts.items()},
+        **{f"train/{k}": v for k, v in stats["final"].items()},
+        "cost/train_seconds": stats["train_seconds"], "cost/train_tokens_per_s": stats["tokens_per_s"],
+        **training_cost(size, stats, stage_info(group.sft_stage()).get("train") if init == "sft" else None),
+        "cost/base_stage_seconds": stage_info(group.base).get("seconds"),
+        "cost/sft_stage_seconds": stage_info(group.sft_stage()).get("seconds") if init == "sft" else None,
+    }
+    c0 = time.process_time()
+    summary |= evaluate(cfg, group, model, run_dir, stats["optimizer_steps"])
+    summary["cost/eval_cpu_seconds"] = time.process_time() - c0
+    summary |= {"cost/peak_memory_mb": peak_memory_mb(), "cost/peak_memory_how": memory_how}
+    return summary

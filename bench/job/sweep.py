@@ -1,0 +1,137 @@
+"""What a sweep asked for, and what became of each job.
+
+Before launching, ``plan`` expands the sweep exactly as Hydra's basic sweeper does (the preset's
+``hydra.sweeper.params``, then the command line), composes every job's config and names its run folder.
+The plan is merged into ``<sweep>/sweep.json``, so a job that never produced a folder (a killed worker, a
+lost cluster job, a refused config) is still counted. ``job_statuses`` reads each planned job's folder.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper  # its split_arguments is the grid
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from bench import CONF_DIR
+from bench.io.errors import UserError
+from bench.io.naming import config_digest, run_name, settings
+from bench.io.results import read_json, write_json
+
+MANIFEST = "sweep.json"
+NOT_DONE = ("failed", "refused", "running", "missing", "partial")
+
+
+@dataclass
+class Job:
+    run: str  # folder name inside the sweep folder
+    overrides: list[str]
+    digest: str
+    identity: dict  # task, model, method, seed: the table's columns even for a job that never ran
+    refused: str | None = None  # why the job cannot start (validation), known before launch
+
+
+def plan(args: list[str], validate) -> tuple[Path, list[Job]]:
+    """The sweep folder and every job of the multirun ``args``; ``validate(cfg)`` raises UserError for a
+    config that cannot run, which marks the job refused."""
+    from hydra import compose, initialize_config_dir
+
+    cli = [a for a in args if not a.startswith("hydra/") and not a.startswith("hydra.")]
+    jobs, sweep_dir = [], None
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        base = compose("config", overrides=[a for a in cli if "," not in a.partition("=")[2]],
+                       return_hydra_config=True)
+        params = [f"{k}={v}" for k, v in (base.hydra.sweeper.get("params") or {}).items()]
+        parsed = OverridesParser.create().parse_overrides(params + cli)
+        for overrides in BasicSweeper.split_arguments(parsed, None)[0]:
+            try:
+                cfg = compose("config", overrides=overrides)
+            except Exception as exc:  # Hydra's composition errors: one line
+                raise UserError(f"cannot compose the job {' '.join(overrides)}: {str(exc).splitlines()[0]}") from exc
+            sweep_dir = Path(cfg.results_dir) / cfg.sweep_name
+            identity = {"task": cfg.task.name, "model": cfg.model.name, "method": cfg.method.name, "seed": int(cfg.seed)}
+            job = Job(run_name(cfg, overrides), overrides, config_digest(cfg), identity)
+            try:
+                validate(cfg)
+            except UserError as exc:
+                job.refused = str(exc)
+            jobs.append(job)
+    return sweep_dir, jobs
+
+
+def record(sweep_dir: Path, jobs: list[Job]) -> None:
+    """Merge ``jobs`` into the sweep folder's manifest (jobs of earlier invocations are kept)."""
+    manifest = read_json(sweep_dir / MANIFEST, {"jobs": {}})
+    for job in jobs:
+        manifest["jobs"][job.run] = {"overrides": job.overrides, "digest": job.digest, "identity": job.identity,
+                                     "refused": job.refused}
+    write_json(sweep_dir / MANIFEST, manifest)
+
+
+def planned(sweep_dir: Path) -> dict[str, dict]:
+    return read_json(Path(sweep_dir) / MANIFEST, {"jobs": {}})["jobs"]
+
+
+def job_status(run_dir: Path, job: dict | None = None) -> tuple[str, str | None]:
+    """(status, error) of one run folder, against its planned job when there is one."""
+    if job and job.get("refused"):
+        return "refused", job["refused"]
+    summary = read_json(run_dir / "summary.json")
+    if summary is None:
+        return "missing", ("no summary.json: the job never reported" if run_dir.exists() else
+                           "no run folder: the job never started or its worker was lost")
+    config = run_dir / "config.yaml"
+    if job and config.exists() and config_digest(OmegaConf.to_container(OmegaConf.load(config))) != job["digest"]:
+        return "refused", f"{run_dir.name} holds a run with a different config"
+    return summary.get("status", "missing"), summary.get("error")
+
+
+def status_line(statuses: list[str]) -> str:
+    """'All 15 jobs done.' or '3 of 15 jobs are not done: 1 failed, 2 missing.'"""
+    bad = Counter(s for s in statuses if s != "done")
+    if not bad:
+        return f"All {len(statuses)} jobs done."
+    detail = ", ".join(f"{bad[s]} {s}" for s in NOT_DONE if bad[s])
+    return f"{sum(bad.values())} of {len(statuses)} jobs are not done: {detail}."
+
+
+def run_rows(sweep_dir: Path) -> list[dict]:
+    """One row per planned job and per run folder: its summary, status, error and flattened config."""
+    jobs = planned(sweep_dir)
+    folders = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
+                     and ((p / "summary.json").exists() or (p / "config.yaml").exists()))
+    rows = []
+    for name in dict.fromkeys([*jobs, *folders]):
+        run, job = sweep_dir / name, jobs.get(name)
+        status, error = job_status(run, job)
+        config = run / "config.yaml"
+        flat = _flatten(settings(OmegaConf.to_container(OmegaConf.load(config)))) if config.exists() else {}
+        rows.append({"run_dir": str(run), "run": name, **(job or {}).get("identity", {}),
+                     **read_json(run / "summary.json", {}), "status": status, "error": error,
+                     **{f"config.{k}": v for k, v in flat.items()}})
+    return rows
+
+
+def swept_keys(rows: list[dict]) -> list[str]:
+    """Config keys that take more than one value among the runs of one (method, model), besides the seed.
+    Keys that only follow the method or the model (its hyper-parameters, its architecture, the values its
+    ``tuned`` table picks per model) are one setting of that (method, model), not a swept axis."""
+    keys = sorted({k for r in rows for k in r if k.startswith("config.")})
+    cells: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if any(k.startswith("config.") for k in r):
+            cells.setdefault((r.get("config.method.name"), r.get("config.model.name")), []).append(r)
+    return [key.removeprefix("config.") for key in keys if key != "config.seed"
+            and any(len({repr(r.get(key)) for r in cell}) > 1 for cell in cells.values())]
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out |= _flatten(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value if not isinstance(value, (list, dict)) else repr(value)
+    return out

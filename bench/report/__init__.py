@@ -1,0 +1,1 @@
+"""Layer report (bench/layers.py): statistics, tables, plots, the HTML page."""

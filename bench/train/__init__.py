@@ -1,0 +1,1 @@
+"""Layer train (bench/layers.py): the one trainer."""

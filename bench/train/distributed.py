@@ -1,0 +1,138 @@
+"""Multi-process training: which launches are honoured, and the cross-process gather of the statistics
+a loss needs.
+
+Honoured: ``torchrun --nproc_per_node N script.py`` (or ``accelerate launch --multi_gpu --num_processes N``,
+which runs torchrun) of a script that calls ``bench.train.trainer.train``. Without CUDA the trainer asks
+accelerate for CPU processes, which then join one gloo process group (accelerate ``state.py``,
+``DistributedType.MULTI_CPU``).
+
+Refused with one line:
+  * ``accelerate launch --cpu --num_processes N``: accelerate 1.x's CPU launch is its "simple
+    launcher", which starts ONE process (multi-CPU needs ``mpirun`` and a hostfile; accelerate issue
+    #2741); the process only sees ``MASTER_ADDR`` set and no ``WORLD_SIZE``.
+  * a launch whose world size accelerate did not pick up (a process state made earlier without it).
+  * the ``prefbench`` commands: a job also builds stages, caches and evaluates, which are not
+    multi-process aware; ``refuse_multiprocess`` is their start-up check.
+
+Exactness: the trainer gathers the per-sequence statistics of every process (``gather_batch``), so each
+process computes the loss of the GLOBAL batch: KTO's KL estimate z is the mean over all processes'
+mismatched pairs (as HALOs, ``accelerator.gather(KL_rewards.detach()).mean()``, and TRL's KTOTrainer,
+``accelerator.gather_for_metrics(kl).mean()``, do), SFT's and ORPO's token-mean NLL divide by the global
+token count (what transformers does with ``num_items_in_batch``), and the logged loss and metrics are
+those of the whole batch. The gather's backward sums the gradient of every process's (identical) loss
+with respect to this process's rows; DDP's average of the parameter gradients then equals the gradient
+of the global-batch loss for every method.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+from bench.io.errors import UserError
+from methods import BatchLogps, SeqLogps
+
+HOW = "launch a script that calls bench.train.trainer.train with `torchrun --nproc_per_node N`"
+
+
+def launched_world_size() -> int:
+    """Processes the launcher started, from its environment (torchrun, mpirun); 1 when not launched."""
+    for key in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
+        if os.environ.get(key):
+            return int(os.environ[key])
+    return 1
+
+
+def accelerate_simple_launch_of_many() -> bool:
+    """``accelerate launch --num_processes N>1`` that went to accelerate's simple launcher (``--cpu``, or no
+    GPU and no ``--multi_gpu``): it sets MASTER_ADDR for N>1 processes but starts this one process only."""
+    launched_by_accelerate = "ACCELERATE_MIXED_PRECISION" in os.environ
+    return launched_by_accelerate and "MASTER_ADDR" in os.environ and launched_world_size() == 1
+
+
+def check_launch() -> None:
+    """One clear line for a multi-process launch that would silently run as one process."""
+    if accelerate_simple_launch_of_many():
+        raise UserError("`accelerate launch --cpu --num_processes N` starts only one process (accelerate's CPU "
+                        f"launcher needs mpirun); for N CPU processes {HOW} (gloo)")
+
+
+def check_world(num_processes: int) -> None:
+    """The accelerator must run as many processes as were launched, or every rank would train alone."""
+    check_launch()
+    launched = launched_world_size()
+    if launched != num_processes:
+        raise UserError(f"{launched} processes were launched but accelerate runs {num_processes} "
+                        f"(its process state was made before the launch environment was read); {HOW}")
+
+
+def refuse_multiprocess(command: str) -> None:
+    """Start-up check of the ``prefbench`` commands: a multi-process launch stops with one line, printed
+    by rank 0 only; the other ranks exit with the same status silently."""
+    if launched_world_size() == 1 and not accelerate_simple_launch_of_many():
+        return
+    if int(os.environ.get("RANK", "0")) != 0:
+        raise SystemExit(2)
+    raise UserError(f"`prefbench {command}` runs as one process (its stages, reference cache and evaluation are "
+                    f"not multi-process); multi-process runs are supported for training only: {HOW}")
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class _AllGather(torch.autograd.Function):
+    """All-gather of equal-shaped tensors into a (world, ...) stack. Backward: every process's loss
+    depends on this process's rows, so their gradients are summed (the semantics of
+    torch.distributed.nn.functional.all_gather, deprecated in torch 2.x, with one all_reduce instead of
+    its alltoall)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(out, x.contiguous())
+        return torch.stack(out)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[dist.get_rank()]
+
+
+def gather_batch(batch: BatchLogps | None) -> BatchLogps | None:
+    """The statistics of every process's micro-batch, concatenated in rank order, on every process;
+    differentiable. A role is None only where no process has it. Unchanged in a single process."""
+    if batch is None or not is_distributed():
+        return batch
+    roles = sorted(batch)  # every process's batch has the view's roles (bench.train.trainer.forward)
+    local = [batch[role] for role in roles]
+    if any(s.tokens is not None or s.score is not None for s in local):
+        raise UserError("per-token statistics and judge scores are not gathered across processes yet; "
+                        "run token-level and online methods in one process")
+    first = local[0]
+    sizes = torch.tensor([-1 if s is None else len(s.sum) for s in local], device=first.sum.device)
+    all_sizes = [torch.empty_like(sizes) for _ in range(dist.get_world_size())]
+    dist.all_gather(all_sizes, sizes)
+    all_sizes = torch.stack(all_sizes).tolist()
+    # float64 carries float32 sums and integer counts exactly; one padded row per process
+    flat = torch.cat([torch.cat([s.sum.double(), s.n_tokens.double()]) for s in local if s is not None])
+    width = max(2 * sum(max(k, 0) for k in row) for row in all_sizes)
+    rows = _AllGather.apply(torch.nn.functional.pad(flat, (0, width - len(flat))))
+    pieces: dict[str, list] = {role: [] for role in roles}
+    for rank, row in enumerate(all_sizes):
+        offset = 0
+        for role, k in zip(roles, row):
+            if k >= 0:
+                pieces[role].append((rows[rank, offset:offset + k], rows[rank, offset + k:offset + 2 * k]))
+                offset += 2 * k
+    sum_dtype, n_dtype = first.sum.dtype, first.n_tokens.dtype
+
+    def role(name):
+        if not pieces[name]:
+            return None
+        sums, counts = zip(*pieces[name])
+        return SeqLogps(torch.cat(sums).to(sum_dtype), torch.cat(counts).to(n_dtype))
+
+    return BatchLogps(**{name: role(name) for name in roles})
