@@ -19,7 +19,7 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("train", "the one trainer",
      ("refcache", "metrics", "distributed", "trainer")),
     ("eval", "samples, judges, metrics, frontiers",
-     ("sampling", "embedder", "metrics", "frontier", "judges", "curve", "evaluate")),
+     ("spec", "sampling", "embedder", "metrics", "frontier", "judges", "curve", "evaluate")),
     ("job", "a config -> a run folder; sweeps",
      ("config", "pipeline", "run", "reeval", "sweep")),
     ("perf", "the trainer against TRL's on identical inputs",

@@ -13,6 +13,8 @@ from bench.cli import compose_config
 from bench.data.views import View, build_view, pad_batch
 from bench.eval import metrics as em
 from bench.eval.evaluate import evaluate, generate
+from bench.eval.judges import make_judging
+from bench.eval.spec import EvalSpec, SamplingSpec
 from bench.job.pipeline import logprob_probe, prepare
 from bench.model.logprobs import score_view, sequence_logps
 from bench.model.models import load_model
@@ -32,7 +34,8 @@ def test_policy_and_anchor_draw_independent_streams(group, shared_cache, tmp_pat
     cfg = compose_config(SMOKE + [f"cache_dir={tmp_path / 'cache'}", "eval.samples_per_prompt=4"])
     group = prepare(cfg)
     twin = load_model(group.sft_stage())  # the policy is an identical copy of the anchor
-    first = evaluate(cfg, group, twin, tmp_path / "a")
+    spec, judging = EvalSpec.from_config(cfg), make_judging(cfg, group)
+    first = evaluate(spec, group, twin, tmp_path / "a", judging)
     (anchor_file,) = (tmp_path / "cache" / "anchor_samples").glob(f"{group.sft_stage().name}-*.json")
     anchor = [group.tokenizer.decode(c, skip_special_tokens=True) for s in json.loads(anchor_file.read_text()) for c in s]
     policy = [json.loads(line)["response"] for line in (tmp_path / "a" / "samples.jsonl").read_text().splitlines()]
@@ -40,13 +43,13 @@ def test_policy_and_anchor_draw_independent_streams(group, shared_cache, tmp_pat
     same = sum(p == a for p, a in zip(policy, anchor))
     assert same < len(policy) / 2, f"{same}/{len(policy)} policy samples equal the anchor's"
     # the same seed reproduces the same samples; the identical model has KL 0, with a CI around it
-    evaluate(cfg, group, twin, tmp_path / "b")
+    evaluate(spec, group, twin, tmp_path / "b", judging)
     assert (tmp_path / "b" / "samples.jsonl").read_text() == (tmp_path / "a" / "samples.jsonl").read_text()
     assert first["eval/kl_ci_low"] == first["eval/kl"] == first["eval/kl_ci_high"] == 0.0
 
 
 def test_a_models_generation_config_does_not_change_the_samples(group, tmp_path):
-    cfg = compose_config(SMOKE + ["eval.samples_per_prompt=4"])
+    sampling = SamplingSpec(samples_per_prompt=4, max_new_tokens=24)
     plain, tuned = tmp_path / "plain", tmp_path / "tuned"
     for path in (plain, tuned):
         shutil.copytree(group.sft_stage(), path, ignore=shutil.ignore_patterns("checkpoint", "*.json.lock"))
@@ -57,9 +60,9 @@ def test_a_models_generation_config_does_not_change_the_samples(group, tmp_path)
     file.write_text(json.dumps(settings))
     assert load_model(tuned).generation_config.repetition_penalty == 1.8  # the file is read
     prompts = list(group.data.eval["prompt_ids"])
-    a, b = (generate(load_model(p), group.tokenizer, prompts, cfg, 24, seed=0) for p in (plain, tuned))
+    a, b = (generate(load_model(p), group.tokenizer, prompts, sampling, seed=0) for p in (plain, tuned))
     assert a == b
-    assert a != generate(load_model(plain), group.tokenizer, prompts, cfg, 24, seed=1)  # the seed does matter
+    assert a != generate(load_model(plain), group.tokenizer, prompts, sampling, seed=1)  # the seed does matter
 
 
 def test_temperature_scoring_matches_log_softmax_of_scaled_logits():
@@ -108,3 +111,22 @@ def test_logprob_dynamics_start_at_the_init_model(group, shared_cache, tmp_path)
     expected = logprob_probe(view, group.pad_id)(load_model(group.sft_stage()))  # DPO starts from the SFT stage
     assert rows[0] == pytest.approx({"step": 0, **expected}, rel=1e-5)
     assert rows[1]["probe/logps_chosen"] != rows[0]["probe/logps_chosen"]  # training moved it
+
+
+def test_every_eval_setting_reaches_the_spec():
+    """EvalSpec reads each key of conf/eval/default.yaml: a new key must reach the spec (or this fails)."""
+    from omegaconf import OmegaConf
+
+    from bench import CONF_DIR
+    changed = {"split": "val", "samples_per_prompt": 3, "temperature": 0.7, "top_p": 1.0, "batch_size": 5,
+               "bootstrap": 7, "beta": 0.3, "diversity": False, "curve.fractions": [0.5], "curve.samples_per_prompt": 3,
+               "best_of_n": 8}
+    yaml = OmegaConf.load(CONF_DIR / "eval" / "default.yaml")
+    keys = {f"{k}.{sub}" if isinstance(v, dict) else k: None
+            for k, v in OmegaConf.to_container(yaml).items() for sub in (v if isinstance(v, dict) else [None])}
+    assert set(keys) == set(changed)
+    spec = EvalSpec.from_config(compose_config(SMOKE + [f"eval.{k}={v}" for k, v in changed.items()] + ["seed=4"]))
+    s = spec.sampling
+    assert (spec.split, s.samples_per_prompt, s.temperature, s.top_p, s.batch_size) == ("val", 3, 0.7, 1.0, 5)
+    assert (spec.bootstrap, spec.beta, spec.diversity, spec.curve_fractions) == (7, 0.3, False, (0.5,))
+    assert (spec.curve_samples_per_prompt, spec.best_of_n, spec.seed) == (3, 8, 4)

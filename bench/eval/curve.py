@@ -21,12 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
 from bench.data.views import View
 from bench.eval import frontier
 from bench.eval import metrics as em
+from bench.eval.judges import Judging
 from bench.eval.sampling import generate
+from bench.eval.spec import EvalSpec
 from bench.io.results import read_json, write_json, write_jsonl
 from bench.io.stages import cached_json
 from bench.model.logprobs import score_view
@@ -34,11 +35,10 @@ from bench.model.logprobs import score_view
 CURVE_DIR = "curve"
 
 
-def curve_steps(cfg, total_steps: int) -> set[int]:
+def curve_steps(spec: EvalSpec, total_steps: int) -> set[int]:
     """The training steps evaluated along the way: each fraction of ``eval.curve.fractions`` of the run's
     steps (rounded; the end is left to the full evaluation)."""
-    fractions = OmegaConf.select(cfg, "eval.curve.fractions", default=None) or []
-    return {s for s in (round(float(f) * total_steps) for f in fractions) if 0 <= s < total_steps}
+    return {s for s in (round(f * total_steps) for f in spec.curve_fractions) if 0 <= s < total_steps}
 
 
 def _flat_view(prompt_ids, samples) -> View:
@@ -47,15 +47,15 @@ def _flat_view(prompt_ids, samples) -> View:
 
 class CurveSampler:
     """The trainer's ``curve`` callback: the policy's samples at ``steps`` with their log-probs under the
-    policy at ``eval.temperature``, one file per step."""
+    policy at the sampling temperature, one file per step."""
 
-    def __init__(self, cfg, group, run_dir: Path):
-        self.cfg, self.group, self.dir = cfg, group, Path(run_dir) / CURVE_DIR
-        ev = getattr(group.data, cfg.eval.get("split", "eval"))
+    def __init__(self, spec: EvalSpec, group, run_dir: Path):
+        self.spec, self.group, self.dir = spec, group, Path(run_dir) / CURVE_DIR
+        ev = getattr(group.data, spec.split)
         self.prompt_ids = list(ev["prompt_ids"]) if len(ev) else []
 
     def steps(self, total_steps: int) -> set[int]:
-        return curve_steps(self.cfg, total_steps)
+        return curve_steps(self.spec, total_steps)
 
     def __call__(self, model, step: int) -> None:
         path = self.dir / f"step-{step:06d}.json"
@@ -63,12 +63,12 @@ class CurveSampler:
             return
         if not all(torch.isfinite(p).all() for p in model.parameters()):  # a broken init: training says so itself
             return
-        cfg, t0 = self.cfg, time.perf_counter()
-        samples = generate(model, self.group.tokenizer, self.prompt_ids, cfg, int(cfg.task.max_new_tokens),
-                           int(cfg.seed), k=int(cfg.eval.curve.samples_per_prompt))
+        spec, t0 = self.spec, time.perf_counter()
+        samples = generate(model, self.group.tokenizer, self.prompt_ids, spec.sampling, spec.seed,
+                           k=spec.curve_samples_per_prompt)
         device = next(model.parameters()).device
         logp = score_view(model, _flat_view(self.prompt_ids, samples), self.group.pad_id, 64, device,
-                          float(cfg.eval.temperature))["chosen.sum"]
+                          spec.sampling.temperature)["chosen.sum"]
         self.dir.mkdir(exist_ok=True)
         write_json(path, {"step": step, "samples": samples, "logp": logp.tolist(),
                           "seconds": time.perf_counter() - t0})
@@ -79,37 +79,36 @@ def _win(mine: list[list], anchor: list[list]) -> float:
     return float(wins.mean()) if len(wins) else float("nan")
 
 
-def point(cfg, samples, logp, logp_ref, scores, anchor_scores, gold_scores=None) -> dict:
+def point(spec: EvalSpec, samples, logp, logp_ref, scores, anchor_scores, gold_scores=None) -> dict:
     """One point of a run's curve: KL to the anchor with its CI over prompts, judge score, win rate vs the
     anchor's samples, mean response length (tokens), and the gold score when the judge is a proxy."""
     k = len(samples[0]) if samples else 1
     diff = np.asarray(logp, float) - np.asarray(logp_ref, float)
-    lo, hi = em.bootstrap_ci(em.prompt_means(diff, k), int(cfg.eval.bootstrap), int(cfg.seed))
+    lo, hi = em.bootstrap_ci(em.prompt_means(diff, k), spec.bootstrap, spec.seed)
     row = {"kl": float(diff.mean()) if len(diff) else float("nan"), "kl_ci_low": lo, "kl_ci_high": hi,
            "score_mean": em.judged_mean(scores), "win_rate_vs_sft": _win([scores[i: i + k] for i in range(0, len(scores), k)], anchor_scores),
            "response_tokens_mean": float(np.mean([len(c) for s in samples for c in s]))}
     return row | ({"gold_score_mean": em.judged_mean(gold_scores)} if gold_scores is not None else {})
 
 
-def curve_rows(cfg, group, anchor, judges, run_dir: Path, prompts: list, anchor_scores: list[list],
-               final: dict) -> list[dict]:
-    """curve.jsonl: every step sampled during training, scored under ``anchor`` and judged (``judges``: the
-    run's judge, and the gold reward when that is a proxy on a built-in task, else None), then ``final``
-    (the full evaluation's point). Returns the rows."""
-    judge, gold = judges
+def curve_rows(spec: EvalSpec, group, anchor, judging: Judging, run_dir: Path, prompts: list,
+               anchor_scores: list[list], final: dict) -> list[dict]:
+    """curve.jsonl: every step sampled during training, scored under ``anchor`` and judged (with the gold
+    reward too when the judge is a proxy), then ``final`` (the full evaluation's point). Returns the rows."""
+    judge, gold = judging.judge, judging.gold
     device = next(anchor.parameters()).device
-    prompt_ids, rows = list(getattr(group.data, cfg.eval.get("split", "eval"))["prompt_ids"]), []
+    prompt_ids, rows = list(getattr(group.data, spec.split)["prompt_ids"]), []
     for path in sorted((Path(run_dir) / CURVE_DIR).glob("step-*.json")):
         saved = read_json(path)
         samples = saved["samples"]
         k = len(samples[0])
         logp_ref = score_view(anchor, _flat_view(prompt_ids, samples), group.pad_id, 64, device,
-                              float(cfg.eval.temperature))["chosen.sum"].tolist()
+                              spec.sampling.temperature)["chosen.sum"].tolist()
         texts = [group.tokenizer.decode(c, skip_special_tokens=True) for s in samples for c in s]
         flat_prompts = [p for p in prompts for _ in range(k)]
         scores = judge.score(flat_prompts, texts)
         gold_scores = gold.score(flat_prompts, texts) if gold is not None else None
-        rows.append({"step": saved["step"], **point(cfg, samples, saved["logp"], logp_ref, scores, anchor_scores,
+        rows.append({"step": saved["step"], **point(spec, samples, saved["logp"], logp_ref, scores, anchor_scores,
                                                      gold_scores)})
     rows.append(final)
     write_jsonl(Path(run_dir) / "curve.jsonl", rows)
@@ -121,26 +120,26 @@ def curve_seconds(run_dir: Path) -> float:
     return float(sum(read_json(p).get("seconds", 0.0) for p in (Path(run_dir) / CURVE_DIR).glob("step-*.json")))
 
 
-def best_of_n_rows(cfg, group, anchor, judges, prompts: list, prompt_ids: list, anchor_scores: list[list]) -> list[dict]:
+def best_of_n_rows(spec: EvalSpec, group, anchor, judging: Judging, prompts: list, prompt_ids: list,
+                   anchor_scores: list[list]) -> list[dict]:
     """The best-of-n baseline of the group's anchor for n = 1, 2, 4, ... up to ``eval.best_of_n``: its analytic
     KL, expected judge score and win rate vs the anchor's evaluation samples (and, for a proxy judge, the
     gold score of the sample the proxy picks). Drawn once per group (the anchor's "best_of_n" stream), cached."""
-    m = int(OmegaConf.select(cfg, "eval.best_of_n", default=0) or 0)
+    m = spec.best_of_n
     if m < 1 or not prompt_ids:
         return []
-    judge, gold = judges
+    judge, gold = judging.judge, judging.gold
 
     def build() -> list[dict]:
-        samples = generate(anchor, group.tokenizer, prompt_ids, cfg, int(cfg.task.max_new_tokens), int(cfg.seed),
-                           "best_of_n", k=m)
+        samples = generate(anchor, group.tokenizer, prompt_ids, spec.sampling, spec.seed, "best_of_n", k=m)
         texts = [group.tokenizer.decode(c, skip_special_tokens=True) for s in samples for c in s]
         flat_prompts = [p for p in prompts for _ in range(m)]
         scores, golds = judge.score(flat_prompts, texts), gold.score(flat_prompts, texts) if gold else None
         return _bon_table(scores, golds, anchor_scores, m)
 
-    return cached_json(cfg.cache_dir, "best_of_n", Path(group.sft_stage()).name,
-                       [prompt_ids, dict(cfg.eval), int(cfg.task.max_new_tokens), int(cfg.seed),
-                        OmegaConf.to_container(cfg.judge, resolve=True), anchor_scores, "best_of_n"], build)
+    return cached_json(spec.cache_dir, "best_of_n", Path(group.sft_stage()).name,
+                       [prompt_ids, spec.sampling.key(), m, spec.seed, judging.config, anchor_scores, "best_of_n"],
+                       build)
 
 
 def _bon_table(scores, golds, anchor_scores, m: int) -> list[dict]:

@@ -22,8 +22,9 @@ from bench.eval import metrics as em
 from bench.eval.curve import best_of_n_rows, curve_rows, curve_seconds, point
 from bench.eval.embedder import embed
 from bench.eval.frontier import lc_win_rate
-from bench.eval.judges import gold_for_proxy, make_judge
+from bench.eval.judges import Judging
 from bench.eval.sampling import generate
+from bench.eval.spec import EvalSpec
 from bench.io.faults import kill_point
 from bench.io.results import write_jsonl
 from bench.io.stages import cached_json
@@ -32,52 +33,51 @@ from bench.model.models import load_model
 from bench.model.models import n_params as count_params
 
 
-def _anchor_samples(cfg, group, anchor, prompt_ids, max_new_tokens) -> list[list[list[int]]]:
+def _anchor_samples(spec: EvalSpec, group, anchor, prompt_ids) -> list[list[list[int]]]:
     """The anchor's samples for the eval prompts, generated once per group and cached."""
-    return cached_json(cfg.cache_dir, "anchor_samples", Path(group.sft_stage()).name,
-                       [prompt_ids, dict(cfg.eval), max_new_tokens, int(cfg.seed), "anchor"],
-                       lambda: generate(anchor, group.tokenizer, prompt_ids, cfg, max_new_tokens, int(cfg.seed), "anchor"))
+    return cached_json(spec.cache_dir, "anchor_samples", Path(group.sft_stage()).name,
+                       [prompt_ids, spec.sampling.key(), spec.seed, "anchor"],
+                       lambda: generate(anchor, group.tokenizer, prompt_ids, spec.sampling, spec.seed, "anchor"))
 
 
 def _by_prompt(flat: list, k: int) -> list[list]:
     return [flat[i: i + k] for i in range(0, len(flat), k)]
 
 
-def evaluate(cfg, group, model, run_dir: Path, step: int | None = None) -> dict:
-    """The run's full evaluation (``step``: the training step it is at, the last point of its curve)."""
+def evaluate(spec: EvalSpec, group, model, run_dir: Path, judging: Judging, step: int | None = None) -> dict:
+    """The run's full evaluation (``step``: the training step the model is at, the last point of its curve)."""
     t0 = time.perf_counter()
-    ev, k, seed = getattr(group.data, cfg.eval.get("split", "eval")), int(cfg.eval.samples_per_prompt), int(cfg.seed)
+    ev, k, seed = getattr(group.data, spec.split), spec.sampling.samples_per_prompt, spec.seed
     if len(ev) == 0:
         return {"eval_status": "done", "eval/n_prompts": 0}
     device = next(model.parameters()).device
-    tok, max_new = group.tokenizer, int(cfg.task.max_new_tokens)
+    tok, temperature = group.tokenizer, spec.sampling.temperature
     prompts, prompt_ids = list(ev["prompt"]), list(ev["prompt_ids"])
     t_gen = time.perf_counter()
-    samples = generate(model, tok, prompt_ids, cfg, max_new, seed)
+    samples = generate(model, tok, prompt_ids, spec.sampling, seed)
     gen_seconds, gen_tokens = time.perf_counter() - t_gen, sum(len(c) for s in samples for c in s)
     flat = [(i, c) for i, s in enumerate(samples) for c in s]
     sample_view = View("sft", [{"chosen": (prompt_ids[i], c)} for i, c in flat])
-    temperature = float(cfg.eval.temperature)  # both scored under the distribution the samples were drawn from
+    # both scored under the distribution the samples were drawn from
     logp_pi = score_view(model, sample_view, group.pad_id, 64, device, temperature)["chosen.sum"]
 
     anchor = load_model(group.sft_stage()).to(device)
     logp_ref = score_view(anchor, sample_view, group.pad_id, 64, device, temperature)["chosen.sum"]
-    kl_low, kl_high = em.bootstrap_ci(em.prompt_means(logp_pi - logp_ref, k), int(cfg.eval.bootstrap), seed)
+    kl_low, kl_high = em.bootstrap_ci(em.prompt_means(logp_pi - logp_ref, k), spec.bootstrap, seed)
     out: dict = {}
     if group.data.kind == "paired":
         pairs = build_view("paired", "paired", ev, seed)
         pol, anc = (score_view(m, pairs, group.pad_id, 64, device) for m in (model, anchor))
-        beta = float(cfg.eval.beta)
-        margin = beta * ((pol["chosen.sum"] - anc["chosen.sum"]) - (pol["rejected.sum"] - anc["rejected.sum"]))
+        margin = spec.beta * ((pol["chosen.sum"] - anc["chosen.sum"]) - (pol["rejected.sum"] - anc["rejected.sum"]))
         out |= {"eval/reward_margin": float(margin.mean()), "eval/reward_accuracy": float((margin > 0).float().mean()),
                 "eval/logps_chosen": float(pol["chosen.sum"].mean()),
                 "eval/logps_rejected": float(pol["rejected.sum"].mean())}
-    anchor_ids = _anchor_samples(cfg, group, anchor, prompt_ids, max_new)
+    anchor_ids = _anchor_samples(spec, group, anchor, prompt_ids)
     kill_point("evaluate")
 
     texts = [tok.decode(c, skip_special_tokens=True) for _, c in flat]
     anchor_texts = [tok.decode(c, skip_special_tokens=True) for s in anchor_ids for c in s]
-    judge, gold = make_judge(cfg, group), gold_for_proxy(cfg)
+    judge, gold = judging.judge, judging.gold
     t_judge = time.perf_counter()
     scores = judge.score([prompts[i] for i, _ in flat], texts)
     gold_scores = gold.score([prompts[i] for i, _ in flat], texts) if gold else None
@@ -92,7 +92,7 @@ def evaluate(cfg, group, model, run_dir: Path, step: int | None = None) -> dict:
         for j, ((i, c), t, s, lp, lr) in enumerate(zip(flat, texts, scores, logp_pi.tolist(), logp_ref.tolist()))])
 
     valid = [s for s in scores if s is not None]
-    out |= {"eval/judge": cfg.judge.name, "eval/n_prompts": len(prompts), "eval/samples_per_prompt": k, "eval/unjudged": unjudged,
+    out |= {"eval/judge": judging.name, "eval/n_prompts": len(prompts), "eval/samples_per_prompt": k, "eval/unjudged": unjudged,
             "eval/score_mean": float(np.mean(valid)) if valid else None,
             "eval/score_std": float(np.std(valid)) if valid else None,
             "eval/anchor_score_mean": em.judged_mean(anchor_scores),
@@ -104,22 +104,22 @@ def evaluate(cfg, group, model, run_dir: Path, step: int | None = None) -> dict:
     for name, other in (("sft", _by_prompt(anchor_scores, k)),
                         ("chosen", [[s] for s in chosen_scores] if chosen_scores else None)):
         if other is not None:
-            wr = em.win_rate(*em.judged(mine, other), n_boot=int(cfg.eval.bootstrap), seed=seed)
+            wr = em.win_rate(*em.judged(mine, other), n_boot=spec.bootstrap, seed=seed)
             out |= {f"eval/win_rate_vs_{name}": wr["mean"], f"eval/win_rate_vs_{name}_ci_low": wr["ci_low"],
                     f"eval/win_rate_vs_{name}_ci_high": wr["ci_high"]}
     anchor_by_prompt = _by_prompt(anchor_scores, k)
     out |= _length_controlled(mine, anchor_by_prompt, samples, anchor_ids)
-    final = {"step": step, **point(cfg, samples, logp_pi.tolist(), logp_ref.tolist(), scores, anchor_by_prompt,
+    final = {"step": step, **point(spec, samples, logp_pi.tolist(), logp_ref.tolist(), scores, anchor_by_prompt,
                                    gold_scores)}
-    curve = curve_rows(cfg, group, anchor, (judge, gold), run_dir, prompts, anchor_by_prompt, final)
-    bon = best_of_n_rows(cfg, group, anchor, (judge, gold), prompts, prompt_ids, anchor_by_prompt)
+    curve = curve_rows(spec, group, anchor, judging, run_dir, prompts, anchor_by_prompt, final)
+    bon = best_of_n_rows(spec, group, anchor, judging, prompts, prompt_ids, anchor_by_prompt)
     write_jsonl(run_dir / "best_of_n.jsonl", bon)
     del anchor
     out |= {"eval/curve_points": len(curve), "eval/best_of_n_max": bon[-1]["n"] if bon else 0,
             "cost/curve_sample_seconds": curve_seconds(run_dir)}
     if gold_scores is not None:
         out["eval/gold_score_mean"] = em.judged_mean(gold_scores)
-    if cfg.eval.diversity:
+    if spec.diversity:
         out["eval/pid"], out["eval/aid"] = em.pid_aid(_by_prompt(list(embed(texts)), k))
     n_params = count_params(model)
     scored_tokens = sum(len(p) + len(c) for p, c in (e["chosen"] for e in sample_view.examples))

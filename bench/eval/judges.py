@@ -21,6 +21,7 @@ import urllib.request
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -225,19 +226,25 @@ def _llm(cfg: DictConfig, group) -> LLMJudge:
     return LLMJudge(cfg.judge)
 
 
-def make_judge(cfg: DictConfig, group):
-    """The judge named by ``cfg.judge`` for this group; the bt judge is trained (once) on its train split."""
-    found = judges()
-    if cfg.judge.name not in found:
-        raise UserError(f"judge.name={cfg.judge.name!r} is unknown; allowed: {', '.join(found)}")
-    return found[cfg.judge.name](cfg, group)
+class Judging(NamedTuple):
+    """What an evaluation judges with: the run's judge, the gold reward beside it when the judge is a proxy
+    on a built-in task (so over-optimisation of the proxy shows against the truth, Gao et al. 2022, Fig. 1;
+    else None), the judge's name and its resolved config (part of the best-of-n cache key)."""
+    judge: object
+    gold: GoldJudge | None
+    name: str
+    config: dict
 
 
-def gold_for_proxy(cfg: DictConfig) -> GoldJudge | None:
-    """The gold reward beside a proxy judge (a reward model, bt, an LLM) on a built-in task, so that
-    over-optimisation of the proxy shows against the truth (Gao et al. 2022, Fig. 1); else None."""
+def make_judging(cfg: DictConfig, group) -> Judging:
+    """The judge named by ``cfg.judge`` for this group (the bt judge is trained once, on its train split),
+    and the gold reward beside it when that is a proxy."""
+    found, name = judges(), cfg.judge.name
+    if name not in found:
+        raise UserError(f"judge.name={name!r} is unknown; allowed: {', '.join(found)}")
     builtin = cfg.task.get("source", "builtin") == "builtin" and cfg.task.get("builtin")
-    return GoldJudge(cfg.task.builtin) if builtin and cfg.judge.name != "gold" else None
+    gold = GoldJudge(cfg.task.builtin) if builtin and name != "gold" else None
+    return Judging(found[name](cfg, group), gold, str(name), OmegaConf.to_container(cfg.judge, resolve=True))
 
 
 def bt_stage(cfg: DictConfig, group) -> Path:

@@ -1,4 +1,4 @@
-"""Sampling from a model for evaluation: pure ancestral sampling at ``eval.temperature`` from a seeded stream.
+"""Sampling from a model for evaluation: pure ancestral sampling (``SamplingSpec``) from a seeded stream.
 
 Every setting that shapes the samples is explicit (a hub model's own generation_config is ignored), and each
 model draws from its own stream (``stream_seed``), so the policy's and the anchor's samples share no random
@@ -12,6 +12,8 @@ from contextlib import contextmanager
 import torch
 from transformers import GenerationConfig
 
+from bench.eval.spec import SamplingSpec
+
 
 def stream_seed(seed: int, stream: str) -> int:
     """The seed of one model's sampling stream: the policy's and the anchor's samples share no random
@@ -19,14 +21,15 @@ def stream_seed(seed: int, stream: str) -> int:
     return int.from_bytes(hashlib.sha256(f"prefbench-eval/{seed}/{stream}".encode()).digest()[:8], "big") >> 1
 
 
-def sampling_config(cfg, max_new_tokens: int, eos: int, pad: int, k: int | None = None) -> GenerationConfig:
+def sampling_config(sampling: SamplingSpec, eos: int, pad: int, k: int | None = None) -> GenerationConfig:
     """Every setting that shapes the samples, set explicitly: pure ancestral sampling at
-    ``eval.temperature`` (``eval.top_p`` is 1, bench.job.config), nothing else reweighting the logits."""
+    ``sampling.temperature`` (``top_p`` is 1, bench.job.config), nothing else reweighting the logits."""
     return GenerationConfig(
-        do_sample=True, num_beams=1, temperature=float(cfg.eval.temperature), top_p=float(cfg.eval.top_p), top_k=0,
+        do_sample=True, num_beams=1, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0,
         typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0, repetition_penalty=1.0, encoder_repetition_penalty=1.0,
         no_repeat_ngram_size=0, encoder_no_repeat_ngram_size=0, min_new_tokens=0,
-        max_new_tokens=max_new_tokens, num_return_sequences=k or int(cfg.eval.samples_per_prompt), renormalize_logits=False,
+        max_new_tokens=sampling.max_new_tokens, num_return_sequences=k or sampling.samples_per_prompt,
+        renormalize_logits=False,
         remove_invalid_values=False, use_cache=True, return_dict_in_generate=False, output_scores=False,
         pad_token_id=pad, eos_token_id=eos)
 
@@ -44,20 +47,20 @@ def _no_model_defaults(model):
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompt_ids: list[list[int]], cfg, max_new_tokens: int, seed: int,
+def generate(model, tokenizer, prompt_ids: list[list[int]], sampling: SamplingSpec, seed: int,
              stream: str = "policy", k: int | None = None) -> list[list[list[int]]]:
-    """``k`` (default ``eval.samples_per_prompt``) sampled completions (token ids, through the first eos) for
+    """``k`` (default ``sampling.samples_per_prompt``) sampled completions (token ids, through the first eos) for
     each prompt, drawn from the sampling stream ``stream`` of ``seed`` (stream_seed); the caller's random state
-    is left as it was. A generate call holds ``eval.batch_size`` x ``eval.samples_per_prompt`` sequences, so
-    a larger k takes fewer prompts per call (a wide KV cache costs more per sequence on a CPU)."""
+    is left as it was. A generate call holds ``batch_size`` x ``samples_per_prompt`` sequences, so a larger k
+    takes fewer prompts per call (a wide KV cache costs more per sequence on a CPU)."""
     model.eval()
     device = next(model.parameters()).device
-    k, eos, pad = k or int(cfg.eval.samples_per_prompt), tokenizer.eos_token_id, tokenizer.pad_token_id
-    config, out = sampling_config(cfg, max_new_tokens, eos, pad, k), []
+    k, eos, pad = k or sampling.samples_per_prompt, tokenizer.eos_token_id, tokenizer.pad_token_id
+    config, out = sampling_config(sampling, eos, pad, k), []
     devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), _no_model_defaults(model):
         torch.manual_seed(stream_seed(seed, stream))
-        per_call = max(1, int(cfg.eval.batch_size) * int(cfg.eval.samples_per_prompt) // k)
+        per_call = max(1, sampling.batch_size * sampling.samples_per_prompt // k)
         for start in range(0, len(prompt_ids), per_call):
             chunk = prompt_ids[start: start + per_call]
             width = max(map(len, chunk))

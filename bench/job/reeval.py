@@ -7,6 +7,8 @@ from omegaconf import OmegaConf
 
 from bench import CONF_DIR
 from bench.eval.evaluate import evaluate
+from bench.eval.judges import make_judging
+from bench.eval.spec import EvalSpec
 from bench.io.checkpoint import load_weights
 from bench.io.errors import UserError
 from bench.io.results import read_json, write_json
@@ -34,7 +36,7 @@ def reevaluate(run_dir: Path, overrides: list[str]) -> dict:
     model = load_weights(build_policy(cfg, start), run_dir / "checkpoint")
     summary = read_json(run_dir / "summary.json", {})
     summary = {k: v for k, v in summary.items() if not k.startswith("eval/")} | evaluate(
-        cfg, group, model, run_dir, summary.get("train/step"))
+        EvalSpec.from_config(cfg), group, model, run_dir, make_judging(cfg, group), summary.get("train/step"))
     summary["status"] = summary.pop("eval_status")
     write_json(run_dir / "summary.json", summary)
     return summary

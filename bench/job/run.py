@@ -10,7 +10,8 @@
           build_policy           pipeline: load it (+ LoRA adapters)
           refcache.cached        the reference's log-probs, once per (start, view)
           train                  trainer: the loop, checkpoints, CurveSampler points along training
-          evaluate               samples, judge, win rates, KL, diversity -> samples.jsonl, prompts.jsonl
+          make_judging           judges: the run's judge (+ the gold reward beside a proxy)
+          evaluate               EvalSpec: samples, judge, win rates, KL, diversity -> samples.jsonl, prompts.jsonl
       summary.json               status done / failed with its error; cost/* and eval/* keys
 
 A run folder holds config.yaml, metrics.jsonl, checkpoint/, samples.jsonl and summary.json. A job
@@ -34,6 +35,8 @@ from omegaconf import DictConfig, OmegaConf
 from bench.data.views import build_view
 from bench.eval.curve import CURVE_DIR, CurveSampler
 from bench.eval.evaluate import evaluate
+from bench.eval.judges import make_judging
+from bench.eval.spec import EvalSpec
 from bench.io.errors import UserError
 from bench.io.faults import kill_point
 from bench.io.naming import check_sweep_name, settings
@@ -125,7 +128,7 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict:
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     method = method_from_config(cfg.method, cfg.strength)
-    group = prepare(cfg)
+    group, eval_spec = prepare(cfg), EvalSpec.from_config(cfg)
     counts = dict(group.data.counts)
     view = build_view(method.view, group.data.kind, group.data.train, int(cfg.seed))
     init, start = init_checkpoint(cfg, group, method)
@@ -148,7 +151,7 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict:
         if group.data.kind == "paired" else None
     stats = train(model, method, view, run_spec(cfg, init), run_dir, group.pad_id, reference,
                   logprob_probe(probe_view, group.pad_id) if probe_view else None, desc=run_dir.name,
-                  curve=CurveSampler(cfg, group, run_dir))
+                  curve=CurveSampler(eval_spec, group, run_dir))
     size = n_params(model)
     summary = {
         "init": init, "n_params": size, **{f"method/{k}": v for k, v in vars(method).items()},
@@ -161,7 +164,7 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict:
         "cost/sft_stage_seconds": stage_info(group.sft_stage()).get("seconds") if init == "sft" else None,
     }
     c0 = time.process_time()
-    summary |= evaluate(cfg, group, model, run_dir, stats["optimizer_steps"])
+    summary |= evaluate(eval_spec, group, model, run_dir, make_judging(cfg, group), stats["optimizer_steps"])
     summary["cost/eval_cpu_seconds"] = time.process_time() - c0
     summary |= {"cost/peak_memory_mb": peak_memory_mb(), "cost/peak_memory_how": memory_how}
     return summary
