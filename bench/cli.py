@@ -6,7 +6,8 @@
   prefbench eval RUN_DIR [judge=NAME]    re-evaluate a finished run without retraining
   prefbench report SWEEP_DIR             table, plots and index.html of a sweep folder
   prefbench tune SWEEP_DIR               the tuning protocol's choice from a `sweep=tune` folder
-  prefbench methods                      the registered methods
+  prefbench methods                      the registered methods: view, reference, init, statistics, source
+  prefbench conform [METHOD ...] [--e2e] the checks every method plugin passes (bench/conformance.py)
   prefbench perf [k=v ...]               prefbench's trainer against TRL's, side by side
 """
 from __future__ import annotations
@@ -149,14 +150,21 @@ def compose_config(overrides: list[str]):
 
 
 def cmd_methods(args: list[str]) -> int:
+    """One line per registered method: its view, reference, init, the statistics it asks for and its
+    hyper-parameters, then the source it follows (its module docstring's first line)."""
     import dataclasses
+    import inspect
 
     import methods
 
-    print(f"{'name':8} {'view':9} {'reference':9} {'init':5} parameters")
+    print(f"{'name':13} {'view':9} {'reference':9} {'init':5} {'statistics':18} parameters")
     for name, cls in methods.registry().items():
         params = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(cls)) if dataclasses.is_dataclass(cls) else ""
-        print(f"{name:8} {cls.view:9} {'yes' if cls.needs_reference else 'no':9} {cls.init:5} {params}")
+        stats = ["sequence"] + ["per-token"] * cls.token_level + ["samples"] * cls.needs_samples \
+            + ["state"] * (cls.initial_state is not methods.Method.initial_state)
+        source = (inspect.getmodule(cls).__doc__ or cls.__doc__ or "").strip().splitlines()[0]
+        print(f"{name:13} {cls.view:9} {'yes' if cls.needs_reference else 'no':9} {cls.init:5} {'+'.join(stats):18} "
+              f"{params}\n{'':13} {source}")
     return 0
 
 
@@ -190,6 +198,12 @@ def cmd_tune(args: list[str]) -> int:
     return 0
 
 
+def cmd_conform(args: list[str]) -> int:
+    from bench.conformance import main as conform_main
+
+    return conform_main(args)
+
+
 def cmd_perf(args: list[str]) -> int:
     from bench.perf import main as perf_main
 
@@ -197,7 +211,8 @@ def cmd_perf(args: list[str]) -> int:
 
 
 COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "methods": cmd_methods, "eval": cmd_eval,
-            "report": cmd_report, "tune": cmd_tune, "perf": cmd_perf}
+            "report": cmd_report, "tune": cmd_tune, "perf": cmd_perf,
+            "conform": cmd_conform}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,7 +27,7 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("report", "statistics, tables, plots, the HTML page",
      ("stats", "tables", "plots", "frontier_tables", "frontier_plots", "build", "tuning")),
 )
-TOP = ("cli",)  # bench/cli.py: the command line, above every layer
+TOP = ("conformance", "cli")  # the method conformance checks and the command line, above every layer
 
 
 def layer_of() -> dict[str, int]:
@@ -38,6 +38,6 @@ def layer_of() -> dict[str, int]:
 def layout() -> str:
     """The README's layout lines for ``bench/``, bottom layer first."""
     rows = [(f"{name}/", " ".join(modules), what) for name, what, modules in LAYERS]
-    rows.append(("cli.py", "", "the command line"))
+    rows += [("conformance.py", "", "the checks every method plugin passes"), ("cli.py", "", "the command line")]
     width, mods = max(len(r[0]) for r in rows), max(len(r[1]) for r in rows)
     return "\n".join(f"  {name:<{width}}  {modules:<{mods}}  # {what}" for name, modules, what in rows)

@@ -10,11 +10,11 @@ import importlib
 import pkgutil
 from importlib.metadata import entry_points
 
-from methods.base import STRENGTH, BatchLogps, LossOutput, Method, SeqLogps, scaled_by_strength
+from methods.base import STRENGTH, BatchLogps, LossOutput, Method, SeqLogps, log_ratios, scaled_by_strength
 from methods.views import _VIEWS, ViewSpec, register_view
 
 __all__ = ["BatchLogps", "LossOutput", "Method", "SeqLogps", "ViewSpec", "register", "register_view", "registry",
-           "build_method", "scaled_by_strength", "apply_strength", "view_spec"]
+           "build_method", "log_ratios", "scaled_by_strength", "apply_strength", "view_spec"]
 INTERFACE = ("base", "views")  # the modules of this package that hold no method
 
 ENTRY_POINT_GROUP = "prefbench.methods"

@@ -115,6 +115,14 @@ class LossOutput:
         return (self.weights * self.losses).sum() / self.weights.sum()
 
 
+def log_ratios(policy: BatchLogps, reference: BatchLogps, normalise: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The paired roles' log-ratios h(y) = S_theta(y) - S_ref(y), (chosen, rejected); per token (divided by
+    n(y)) when ``normalise``."""
+    if normalise:
+        return policy.chosen.mean - reference.chosen.mean, policy.rejected.mean - reference.rejected.mean
+    return policy.chosen.sum - reference.chosen.sum, policy.rejected.sum - reference.rejected.sum
+
+
 class Method:
     """Base class of every method plugin. Subclasses are dataclasses whose fields are hyper-parameters;
     the class attributes are the declarations listed in this module's docstring."""
