@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from bench import CONF_DIR
-from bench.io.errors import UserError
+from bench.io.errors import NotApplicable, UserError
 
 GROUPS = ("task", "model", "method", "judge", "trainer", "eval", "stages", "sweep")
 _last_summary: dict = {}
@@ -73,6 +73,11 @@ def _hydra(argv: list[str]) -> None:
         global _last_summary
         try:
             _last_summary = run_job(cfg, HydraConfig.get().runtime.output_dir)
+        except NotApplicable as exc:  # alone: refused; in a sweep: counted apart (bench.job.sweep.status_line)
+            print(f"prefbench: {'skipped' if HydraConfig.get().mode.name == 'MULTIRUN' else 'error'}: {exc}",
+                  file=sys.stderr)
+            _last_summary = {"status": "n/a", "error": str(exc)}
+            _remove_if_only_hydra(Path(HydraConfig.get().runtime.output_dir))
         except UserError as exc:  # a job that cannot start is refused, printed once, and a sweep goes on
             print(f"prefbench: error: {exc}", file=sys.stderr)
             _last_summary = {"status": "refused", "error": str(exc)}
@@ -87,7 +92,7 @@ def cmd_run(args: list[str]) -> int:
     """One job. Exit 0 done, 1 failed while running, 2 refused (its config cannot run)."""
     check_overrides(args)
     _hydra(args)
-    return {"refused": 2, "failed": 1}.get(_last_summary.get("status"), 0)
+    return {"refused": 2, "n/a": 2, "failed": 1}.get(_last_summary.get("status"), 0)
 
 
 def adhoc_sweep_args(args: list[str]) -> list[str]:

@@ -10,11 +10,12 @@ import importlib
 import pkgutil
 from importlib.metadata import entry_points
 
-from methods.base import STRENGTH, BatchLogps, LossOutput, Method, SeqLogps, log_ratios, scaled_by_strength
+from methods.base import (STRENGTH, BatchLogps, LossOutput, Method, SeqLogps, StrengthNotApplicable, log_ratios,
+                          scaled_by_strength)
 from methods.views import _VIEWS, ViewSpec, register_view
 
 __all__ = ["BatchLogps", "LossOutput", "Method", "SeqLogps", "ViewSpec", "register", "register_view", "registry",
-           "build_method", "log_ratios", "scaled_by_strength", "apply_strength", "view_spec"]
+           "build_method", "log_ratios", "StrengthNotApplicable", "scaled_by_strength", "apply_strength", "view_spec"]
 INTERFACE = ("base", "views")  # the modules of this package that hold no method
 
 ENTRY_POINT_GROUP = "prefbench.methods"
@@ -77,7 +78,7 @@ def apply_strength(name: str, params: dict, strength: float) -> dict:
     if strength == 1:
         return dict(params)
     if not marked:
-        raise ValueError(f"strength={strength:g}: method {name} marks no hyper-parameter that strength scales "
+        raise StrengthNotApplicable(f"strength={strength:g}: method {name} marks no hyper-parameter that strength scales "
                          f"(declare one with methods.scaled_by_strength)")
     if not strength > 0:
         raise ValueError(f"strength must be > 0 (got {strength:g})")

@@ -83,6 +83,10 @@ class BatchLogps(Mapping[str, SeqLogps]):
         return f"BatchLogps({', '.join(f'{r}: {len(s.sum)}' for r, s in self._roles.items())})"
 
 
+class StrengthNotApplicable(ValueError):
+    """``strength`` other than 1 for a method that marks no field: it would run the same job again."""
+
+
 STRENGTH = "strength"  # dataclass field metadata: how the sweep's `strength` scales the field
 
 

@@ -81,3 +81,26 @@ def test_the_checks_fail_on_broken_methods(registered):
         check_loss(Overflowing())
     assert [c for c, _, ok in conform("backwards") if not ok] == ["direction"]
 
+
+
+def test_every_builtin_method_has_its_yaml_and_a_readme_row():
+    """conf/method/<name>.yaml holds exactly the method's fields (its defaults, unless the tuning table feeds
+    them), and the README's method table lists it."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    from bench import CONF_DIR
+    readme = (CONF_DIR.parent / "README.md").read_text()
+    for name, cls in methods.registry().items():
+        if not cls.__module__.startswith("methods."):
+            continue
+        yaml = OmegaConf.load(CONF_DIR / "method" / f"{name}.yaml")
+        assert yaml.name == name
+        fields = {f.name: f.default for f in dataclasses.fields(cls)}
+        assert set(yaml) - {"name", "tuned"} == set(fields), name
+        for key, default in fields.items():
+            raw = OmegaConf.to_container(yaml)[key]
+            if not (isinstance(raw, str) and raw.startswith("${tuned:")):
+                assert raw == default, f"{name}.{key}: yaml {raw} vs default {default}"
+        assert f"| `{name}`" in readme, f"README's method table lacks {name}"

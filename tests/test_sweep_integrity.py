@@ -71,15 +71,17 @@ def test_an_adhoc_grid_gets_its_own_folder_and_never_merges_jobs(tmp_path, share
 
 
 def test_refused_jobs_are_counted_leave_no_folder_and_fail_the_sweep(tmp_path, shared_cache):
-    proc = prefbench("sweep", "method=sft", "trainer.steps=4,0", "hydra.launcher.n_jobs=1", f"results_dir={tmp_path}",
-                     "sweep_name=grid", f"cache_dir={shared_cache}", *[a for a in SMOKE if a != "trainer.steps=4"],
-                     check=False)
-    assert proc.returncode == 1
-    assert "1 of 2 jobs are not done: 1 refused." in proc.stdout
-    assert proc.stderr.count("trainer.steps must be > 0 (got 0)") == 1
+    """trainer.steps=0 is refused; strength=2 does not apply to SFT (it marks no field): counted apart, not done."""
+    proc = prefbench("sweep", "method=sft", "trainer.steps=4,0", "strength=1,2", "hydra.launcher.n_jobs=1",
+                     f"results_dir={tmp_path}", "sweep_name=grid", f"cache_dir={shared_cache}",
+                     *[a for a in SMOKE if a != "trainer.steps=4"], check=False)
+    line = "2 of 3 jobs are not done: 2 refused. 1 more not applicable (a swept setting that their method does not have)."
+    assert proc.returncode == 1 and line in proc.stdout, proc.stdout
+    assert proc.stderr.count("trainer.steps must be > 0 (got 0)") == 2
+    assert proc.stderr.count("prefbench: skipped: strength=2: method sft marks no hyper-parameter") == 1
     assert [p.name.split(",")[0] for p in (tmp_path / "grid").glob("reviews-*")] == ["reviews-tiny-xs-sft-s0"]
     page = (tmp_path / "grid" / "report" / "index.html").read_text()
-    assert "1 of 2 jobs are not done: 1 refused." in page and "trainer.steps must be &gt; 0" in page
+    assert line in page and "trainer.steps must be &gt; 0" in page
 
 
 @pytest.mark.parametrize("args,message", [

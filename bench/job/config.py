@@ -7,8 +7,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from bench import CONF_DIR
 from bench.eval.judges import check_judge
-from bench.io.errors import UserError
-from methods import Method, apply_strength, build_method, registry, view_spec
+from bench.io.errors import NotApplicable, UserError
+from methods import Method, StrengthNotApplicable, apply_strength, build_method, registry, view_spec
 
 POSITIVE = ["trainer.steps", "trainer.batch_size", "trainer.grad_accum", "trainer.lr",
             "stages.base.steps", "stages.sft.steps", "eval.samples_per_prompt", "eval.temperature", "task.max_length"]
@@ -110,5 +110,7 @@ def method_from_config(method_cfg: DictConfig, strength: float = 1.0) -> Method:
     name = params.pop("name")
     try:
         return build_method(name, **apply_strength(name, params, float(strength)))
+    except StrengthNotApplicable as exc:
+        raise NotApplicable(str(exc)) from exc
     except ValueError as exc:
         raise UserError(str(exc)) from exc

@@ -16,7 +16,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from bench import CONF_DIR
-from bench.io.errors import UserError
+from bench.io.errors import NotApplicable, UserError
 from bench.io.naming import config_digest, run_name, settings
 from bench.io.results import read_json, write_json
 
@@ -31,6 +31,7 @@ class Job:
     digest: str
     identity: dict  # task, model, method, seed: the table's columns even for a job that never ran
     refused: str | None = None  # why the job cannot start (validation), known before launch
+    not_applicable: str | None = None  # why a swept setting does not apply to the job's method
 
 
 def plan(args: list[str], validate) -> tuple[Path, list[Job]]:
@@ -55,6 +56,8 @@ def plan(args: list[str], validate) -> tuple[Path, list[Job]]:
             job = Job(run_name(cfg, overrides), overrides, config_digest(cfg), identity)
             try:
                 validate(cfg)
+            except NotApplicable as exc:
+                job.not_applicable = str(exc)
             except UserError as exc:
                 job.refused = str(exc)
             jobs.append(job)
@@ -66,7 +69,7 @@ def record(sweep_dir: Path, jobs: list[Job]) -> None:
     manifest = read_json(sweep_dir / MANIFEST, {"jobs": {}})
     for job in jobs:
         manifest["jobs"][job.run] = {"overrides": job.overrides, "digest": job.digest, "identity": job.identity,
-                                     "refused": job.refused}
+                                     "refused": job.refused, "not_applicable": job.not_applicable}
     write_json(sweep_dir / MANIFEST, manifest)
 
 
@@ -78,6 +81,8 @@ def job_status(run_dir: Path, job: dict | None = None) -> tuple[str, str | None]
     """(status, error) of one run folder, against its planned job when there is one."""
     if job and job.get("refused"):
         return "refused", job["refused"]
+    if job and job.get("not_applicable"):
+        return "n/a", job["not_applicable"]
     summary = read_json(run_dir / "summary.json")
     if summary is None:
         return "missing", ("no summary.json: the job never reported" if run_dir.exists() else
@@ -89,12 +94,16 @@ def job_status(run_dir: Path, job: dict | None = None) -> tuple[str, str | None]
 
 
 def status_line(statuses: list[str]) -> str:
-    """'All 15 jobs done.' or '3 of 15 jobs are not done: 1 failed, 2 missing.'"""
+    """'All 15 jobs done.' or '3 of 15 jobs are not done: 1 failed, 2 missing.'; jobs whose swept setting does
+    not apply to their method are counted apart (n/a), never as done."""
+    na = sum(s == "n/a" for s in statuses)
+    statuses = [s for s in statuses if s != "n/a"]
+    apart = f" {na} more not applicable (a swept setting that their method does not have)." if na else ""
     bad = Counter(s for s in statuses if s != "done")
     if not bad:
-        return f"All {len(statuses)} jobs done."
+        return f"All {len(statuses)} jobs done." + apart
     detail = ", ".join(f"{bad[s]} {s}" for s in NOT_DONE if bad[s])
-    return f"{sum(bad.values())} of {len(statuses)} jobs are not done: {detail}."
+    return f"{sum(bad.values())} of {len(statuses)} jobs are not done: {detail}." + apart
 
 
 def run_rows(sweep_dir: Path) -> list[dict]:

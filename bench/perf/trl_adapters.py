@@ -41,6 +41,21 @@ class Adapter:
         return getattr(importlib.import_module(module), name)
 
 
+def dpo_trainer(**config) -> Adapter:
+    """TRL's DPOTrainer with a loss type or option of its family (``config``: the DPOConfig settings that match
+    the prefbench method's defaults), reference log-probs precomputed as prefbench caches them."""
+    label = ", ".join(f"{k}={v[0] if isinstance(v, list) and len(v) == 1 else v}" for k, v in config.items())
+    return Adapter("trl:DPOTrainer", "trl:DPOConfig", f"DPOTrainer({label})",
+                   config_kwargs={**config, "precompute_ref_log_probs": True})
+
+
+def cpo_trainer(**config) -> Adapter:
+    """TRL's CPOTrainer (trl.experimental) for the reference-free SimPO/CPO family."""
+    label = ", ".join(f"{k}={v}" for k, v in config.items())
+    return Adapter("trl.experimental.cpo:CPOTrainer", "trl.experimental.cpo:CPOConfig", f"CPOTrainer({label})",
+                   config_kwargs=config)
+
+
 ADAPTERS: dict[str, Adapter] = {
     "sft": Adapter("trl:SFTTrainer", "trl:SFTConfig", "SFTTrainer", trl_rows=prompt_completion, strength_key=None),
     "dpo": Adapter("trl:DPOTrainer", "trl:DPOConfig", "DPOTrainer",
@@ -51,4 +66,23 @@ ADAPTERS: dict[str, Adapter] = {
                    config_kwargs={"precompute_ref_log_probs": True}),
     "orpo": Adapter("trl.experimental.orpo:ORPOTrainer", "trl.experimental.orpo:ORPOConfig",
                     "ORPOTrainer (trl.experimental)", strength_key="lam"),
+    # the rest of the family, each TRL setting equal to the prefbench method's default (tests/test_trl_parity_family.py)
+    "robust_dpo": dpo_trainer(loss_type=["robust"], label_smoothing=0.1),
+    "exo": dpo_trainer(loss_type=["exo_pair"], label_smoothing=1e-3),
+    "nca": dpo_trainer(loss_type=["nca_pair"]),
+    "bco": dpo_trainer(loss_type=["bco_pair"]),
+    "apo_zero": dpo_trainer(loss_type=["apo_zero"]),
+    "apo_down": dpo_trainer(loss_type=["apo_down"]),
+    "sppo_hard": dpo_trainer(loss_type=["sppo_hard"]),
+    "aot": dpo_trainer(loss_type=["aot"]),
+    "aot_unpaired": dpo_trainer(loss_type=["aot_unpaired"]),
+    "discopop": dpo_trainer(loss_type=["discopop"], discopop_tau=0.05),
+    "dpo_norm": dpo_trainer(loss_type=["sigmoid_norm"]),
+    "rpo": dpo_trainer(loss_type=["sigmoid", "sft"], loss_weights=[1.0, 1.0]),
+    "fdpo": dpo_trainer(loss_type=["sigmoid"], f_divergence_type="js_divergence"),
+    "ld_dpo": dpo_trainer(loss_type=["sigmoid"], ld_alpha=0.5),
+    "simpo": cpo_trainer(loss_type="simpo", simpo_gamma=1.0, cpo_alpha=0.0),
+    "alphapo": cpo_trainer(loss_type="simpo", simpo_gamma=1.0, alpha=0.25, cpo_alpha=0.0),
+    "cpo": cpo_trainer(loss_type="sigmoid", cpo_alpha=1.0),
+    "slic": cpo_trainer(loss_type="hinge", cpo_alpha=0.1),
 }
