@@ -42,7 +42,7 @@ def install_package(tmp_path: Path, package: str, source: str, entry_points: str
     dist.mkdir()
     (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package}\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text(entry_points)
-    return {"PYTHONPATH": str(site)}
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
 
 
 def run_dir(parent: Path, prefix: str) -> Path:

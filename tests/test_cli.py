@@ -18,8 +18,10 @@ WITH_REFERENCE = {"rewards/chosen", "rewards/rejected"}
 
 def test_methods_lists_the_registry():
     out = prefbench("methods").stdout
-    for line in ["dpo      paired    yes       sft", "kto      unpaired  yes       sft",
-                 "orpo     paired    no        base", "sft      sft       no        base"]:
+    for line in ["dpo           paired    yes       sft   sequence           beta=0.1",
+                 "kto           unpaired  yes       sft", "orpo          paired    no        base",
+                 "sft           sft       no        base", "bco           paired    yes       sft   sequence+state",
+                 "ld_dpo        paired    yes       sft   sequence+per-token", "Direct Preference Optimization (Rafailov"]:
         assert line in out
 
 
@@ -75,7 +77,7 @@ def test_reference_cache_skips_the_reference_forward(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["method=foo"], "prefbench: error: method='foo' is unknown; allowed: dpo, ipo, kto, orpo, sft"),
+    (["method=foo"], "prefbench: error: method='foo' is unknown; allowed: alphapo, aot, aot_unpaired, apo_down, apo_zero, bco"),
     (["model=huge"], "prefbench: error: model='huge' is unknown; allowed:"),
     (["task=nope"], "prefbench: error: task='nope' is unknown; allowed:"),
     (["method.beta=0"], "prefbench: error: method.beta must be > 0 (got 0)"),
@@ -128,7 +130,7 @@ def install_plugin(tmp_path) -> dict:
 
 def test_external_plugin_is_discovered_by_entry_point_and_trains(tmp_path, shared_cache):
     env = install_plugin(tmp_path)
-    assert "hinge    paired    yes       sft   beta=0.5" in prefbench("methods", env=env).stdout
+    assert "hinge         paired    yes       sft   sequence           beta=0.5" in prefbench("methods", env=env).stdout
     prefbench("run", "method=hinge", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", f"results_dir={tmp_path}",
               f"cache_dir={shared_cache}", *SMOKE, env=env)
     summary = json.loads((run_dir(tmp_path / "runs", "reviews-tiny-xs-hinge-s0") / "summary.json").read_text())

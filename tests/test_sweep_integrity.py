@@ -52,10 +52,20 @@ def test_a_run_name_that_tries_to_escape_stays_inside_results_dir(tmp_path, shar
 
 
 def test_an_adhoc_grid_gets_its_own_folder_and_never_merges_jobs(tmp_path, shared_cache):
-    """Two learning rates are two jobs, two folders, two rows, two series; nothing lands in `default`."""
-    proc = prefbench("sweep", "method=dpo", "trainer.lr=5e-4,1e-3", "hydra.launcher.n_jobs=1", f"results_dir={tmp_path}",
-                     f"cache_dir={shared_cache}", *SMOKE)
+    """Two learning rates are two jobs, two folders, two rows, two series; nothing lands in `default`; a rerun
+    skips both. Run under umask 027: every result file is written with the process's umask (0640)."""
+    def umask_027():
+        os.umask(0o027)
+
+    exe = os.path.join(os.path.dirname(sys.executable), "prefbench")
+    proc = subprocess.run([exe, "sweep", "method=dpo", "trainer.lr=5e-4,1e-3", "hydra.launcher.n_jobs=1",
+                           f"results_dir={tmp_path}", f"cache_dir={shared_cache}", *SMOKE], cwd=REPO, check=True,
+                          capture_output=True, text=True, preexec_fn=umask_027, timeout=600)
     (sweep,) = tmp_path.iterdir()
+    run = next(p for p in sweep.iterdir() if p.name.startswith("reviews-"))
+    for path in [run / "summary.json", run / "config.yaml", run / "metrics.jsonl", sweep / "runs.csv",
+                 sweep / "report" / "index.html", sweep / "sweep.json"]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640, path
     assert sweep.name.startswith("adhoc-") and "All 2 jobs done." in proc.stdout
     runs = sorted(p for p in sweep.iterdir() if p.name.startswith("reviews-"))
     assert ["trainer.lr=0.0005," in runs[0].name, "trainer.lr=0.001," in runs[1].name] == [True, True]
@@ -98,6 +108,7 @@ def test_a_config_that_cannot_run_is_one_line_and_leaves_nothing(tmp_path, args,
 def test_one_process_at_a_time_per_run_folder(tmp_path, shared_cache):
     args = ["run", "method=sft", f"results_dir={tmp_path}", f"cache_dir={shared_cache}", *SMOKE]
     prefbench(*args)
+    assert "done already, skipped" in prefbench(*args).stdout  # a finished run is not trained again
     run = run_dir(tmp_path / "runs", "reviews-tiny-xs-sft-s0")
     metrics = (run / "metrics.jsonl").read_text()
     with FileLock(run / ".lock"):  # what a second `prefbench run` of this config sees while the first trains
@@ -112,20 +123,6 @@ def test_one_process_at_a_time_per_run_folder(tmp_path, shared_cache):
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [0, 2, 4, 6, 8, 10]  # every step once (0: the init's probe; SFT from base trains 6 + 4 steps)
     assert codes in ([0, 0], [0, 2])  # the second either waited for nothing (finished first) or was refused
-
-
-def test_results_are_written_with_the_process_umask(tmp_path, shared_cache):
-    def umask_027():
-        os.umask(0o027)
-
-    exe = os.path.join(os.path.dirname(sys.executable), "prefbench")
-    subprocess.run([exe, "sweep", "method=sft", f"results_dir={tmp_path}", "sweep_name=shared",
-                    f"cache_dir={shared_cache}", *SMOKE], cwd=REPO, check=True, capture_output=True,
-                   preexec_fn=umask_027, timeout=600)
-    run = run_dir(tmp_path / "shared", "reviews-tiny-xs-sft-s0")
-    for path in [run / "summary.json", run / "config.yaml", run / "metrics.jsonl", tmp_path / "shared" / "runs.csv",
-                 tmp_path / "shared" / "report" / "index.html", tmp_path / "shared" / "sweep.json"]:
-        assert stat.S_IMODE(path.stat().st_mode) == 0o640, path
 
 
 def test_lost_workers_do_not_lose_their_jobs(tmp_path, shared_cache):

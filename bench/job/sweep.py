@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper  # its split_arguments is the grid
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
@@ -45,7 +46,8 @@ def plan(args: list[str], validate) -> tuple[Path, list[Job]]:
         base = compose("config", overrides=[a for a in cli if "," not in a.partition("=")[2]],
                        return_hydra_config=True)
         params = [f"{k}={v}" for k, v in (base.hydra.sweeper.get("params") or {}).items()]
-        parsed = OverridesParser.create().parse_overrides(params + cli)
+        loader = GlobalHydra.instance().config_loader()  # glob(*) sweeps list a config group's options
+        parsed = OverridesParser.create(config_loader=loader).parse_overrides(params + cli)
         for overrides in BasicSweeper.split_arguments(parsed, None)[0]:
             try:
                 cfg = compose("config", overrides=overrides)
