@@ -8,7 +8,8 @@ view (a plugin's own, registered in the plugin's file) needs no edit anywhere el
   paired:   chosen, rejected (aligned: the same prompt)
   sft:      chosen
   unpaired: chosen (desirable) or rejected (undesirable), plus the no-grad role mismatched: the prompt with
-            another example's completion (a seeded derangement, so its reference log-probs cache like the rest)
+            the completion of an example of another prompt (``partners``: seeded, so its reference log-probs
+            cache like the rest)
 """
 from __future__ import annotations
 
@@ -54,6 +55,29 @@ def derangement(n: int, seed: int) -> list[int]:
     return partner
 
 
+def partners(prompts: list[list[int]], seed: int) -> list[int]:
+    """KTO's mismatched partners: a seeded permutation without fixed points that gives each example another
+    prompt's example. Examples are grouped by prompt (groups and members in a seeded order) and rotated by
+    the largest group's size, so no partner shares the example's prompt unless one prompt holds more than
+    half of the examples (then some must)."""
+    rng, groups = random.Random(seed), {}
+    for i, prompt in enumerate(prompts):
+        groups.setdefault(tuple(prompt), []).append(i)
+    keys = list(groups)
+    rng.shuffle(keys)
+    order = []
+    for key in keys:
+        members = groups[key][:]
+        rng.shuffle(members)
+        order += members
+    n, shift = len(order), max(map(len, groups.values()), default=0)
+    shift = shift if shift < n else min(1, n - 1)  # a single prompt: any other example
+    partner = [0] * n
+    for j, i in enumerate(order):
+        partner[i] = order[(j + shift) % n]
+    return partner
+
+
 def _paired(kind: str, c: Columns, seed: int) -> list[dict[str, Seq]]:
     p = c["prompt_ids"]
     return [{"chosen": (p[i], c["chosen_ids"][i]), "rejected": (p[i], c["rejected_ids"][i])} for i in range(len(p))]
@@ -73,7 +97,7 @@ def _unpaired(kind: str, c: Columns, seed: int) -> list[dict[str, Seq]]:
         labels = [True] * len(p) + [False] * len(p)
     else:
         prompts, completions, labels = p, c["completion_ids"], c["label"]
-    partner = derangement(len(prompts), seed)
+    partner = partners(prompts, seed)
     return [{("chosen" if labels[i] else "rejected"): (prompts[i], completions[i]),
              "mismatched": (prompts[i], completions[partner[i]])} for i in range(len(prompts))]
 

@@ -113,6 +113,35 @@ def test_derangement_has_no_fixed_point(n):
     assert perm == derangement(n, 7)
 
 
+@pytest.mark.parametrize("seed", range(10))
+def test_kto_mismatched_partner_comes_from_another_prompt(seed):
+    """Each pair gives two examples with one prompt; the KL estimate's partner completion must come from a
+    different prompt (a derangement over all 2N examples picked the pair-mate about half the time)."""
+    from datasets import Dataset
+
+    n = 12
+    pairs = Dataset.from_dict({"prompt_ids": [[1, i] for i in range(n)],
+                               "chosen_ids": [[100 + i] for i in range(n)], "rejected_ids": [[200 + i] for i in range(n)]})
+    view = build_view("unpaired", "paired", pairs, seed)
+    owner = {(100 + i,): i for i in range(n)} | {(200 + i,): i for i in range(n)}  # completion -> its prompt
+    used = []
+    for example in view.examples:
+        prompt, completion = example["mismatched"]
+        assert owner[tuple(completion)] != prompt[1]
+        used.append(tuple(completion))
+    assert len(set(used)) == 2 * n  # every completion serves as one partner
+
+
+def test_partners_share_a_prompt_only_when_one_prompt_holds_most_examples():
+    from methods.views import partners
+    prompts = [[1]] * 3 + [[2]] * 3 + [[3]] * 2
+    p = partners(prompts, 0)
+    assert sorted(p) == list(range(8)) and all(prompts[i] != prompts[j] for i, j in enumerate(p))
+    crowded = [[1]] * 5 + [[2]] * 2
+    q = partners(crowded, 0)
+    assert sorted(q) == list(range(7)) and all(i != j for i, j in enumerate(q))
+
+
 @pytest.mark.parametrize("name", task_names())
 def test_tasks_have_a_gold_reward_that_prefers_chosen(name):
     task = get_task(name)

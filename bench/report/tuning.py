@@ -21,7 +21,15 @@ from bench.report.build import load_runs
 
 KL_BOUND = 10.0
 GRID = ["config.trainer.lr", "config.strength"]
-VALUES = ["beta", "lam"]  # the values the grid resolved to (after strength), for the method yamls
+
+
+def strength_fields() -> list[str]:
+    """Every field some registered method marks for ``strength``: the values the grid resolved to, for the yamls."""
+    import dataclasses
+
+    import methods
+    return sorted({f.name for cls in methods.registry().values() if dataclasses.is_dataclass(cls)
+                   for f in dataclasses.fields(cls) if methods.base.STRENGTH in f.metadata})
 
 
 def tuning_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -32,7 +40,7 @@ def tuning_table(df: pd.DataFrame) -> pd.DataFrame:
     if set(done.get("config.eval.split", pd.Series(["eval"]))) != {"val"}:
         raise UserError("tuning needs runs evaluated on the validation prompts (eval.split=val, as sweep=tune sets)")
     values = {}  # the run's effective value (summary method/KEY); runs from before it: the config's
-    for key in VALUES:
+    for key in strength_fields():
         column = next((c for c in (f"method/{key}", f"config.method.{key}") if c in done), None)
         if column:
             values[f"method.{key}"] = (column, "first")
