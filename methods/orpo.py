@@ -1,7 +1,8 @@
 """Odds Ratio Preference Optimization (Hong et al. 2024, eq. 6-7), reference-free.
 
-The NLL term covers completion tokens only (the official code's prompt-masked setting; TRL's ORPO
-trainer also counts the prompt tokens). ``lam`` is the paper's lambda (TRL calls it ``beta``).
+The NLL term covers completion tokens only, as every NLL in prefbench does. The official code's default
+counts the prompt tokens too (so does TRL's ORPO trainer), and its released scripts use lambda = 0.1 and
+0.05. ``lam`` is the paper's lambda (TRL calls it ``beta``).
 """
 from __future__ import annotations
 

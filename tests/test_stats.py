@@ -251,3 +251,21 @@ def test_block_design_keeps_the_familywise_error_at_five_percent():
         y = {m: {s: float(seed_effect[s] + rng.normal(0, 0.03)) for s in range(3)} for m in "ABCDE"}
         any_false += any(abs(d) > h for d, h, _ in stats.block_pairs(y).values())
     assert 0.035 < any_false / 2000 < 0.065
+
+
+def test_many_series_get_one_pairwise_sentence_each():
+    """Beyond six series the pairwise verdicts are grouped: per series and size, the series it is ahead of."""
+    import itertools
+
+    import pandas as pd
+    names = [f"m{i}" for i in range(8)]
+    summary = pd.DataFrame([{"series": n, "model": "xs", "mean": 0.9 - 0.05 * i, "ci_low": 0.8 - 0.05 * i,
+                             "ci_high": 0.95 - 0.05 * i, "ci_kind": "seeds and prompts", "n_collapsed": 0}
+                            for i, n in enumerate(names)])
+    pairs = pd.DataFrame([{"a": a, "b": b, "model": "xs", "diff_low": 0.1 if a == "m0" else -0.1, "diff_high": 0.2,
+                           "p_a_beats_b": 0.9} for a, b in itertools.combinations(names, 2)])
+    lines = stats.conclusions(summary, pairs, ["xs"])
+    grouped = [line for line in lines if "simultaneous" in line]
+    assert grouped == ["M0 > M1, M2, M3, M4, M5, M6, M7 at xs (simultaneous 95% CIs of the differences in win rate "
+                       "vs SFT above 0)."]
+    assert lines[-1].startswith("Every other pair is not distinguishable")

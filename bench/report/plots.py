@@ -37,8 +37,11 @@ def plot_win_rate_vs_size(df: pd.DataFrame) -> plt.Figure:
     """Win rate vs model size per series: mean over seeds with its hierarchical 95% CI (seeds, then prompts)
     as error bars, every seed as a faint point and collapsed runs as x; vs SFT (left) and vs chosen (right)."""
     d = done(df)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    many = len(series_order(d)) > MANY_SERIES
+    fig, axes = plt.subplots(1, 2, figsize=(14 if many else 11, 4.6 if many else 4), sharey=True)
     for ax, other in zip(axes, ["sft", "chosen"]):
+        if many:  # a colour each, beyond the default cycle's ten
+            ax.set_prop_cycle(color=list(plt.cm.tab20.colors) + list(plt.cm.tab20b.colors))
         col = f"eval/win_rate_vs_{other}"
         if col not in d:
             ax.set_axis_off()
@@ -56,9 +59,17 @@ def plot_win_rate_vs_size(df: pd.DataFrame) -> plt.Figure:
         ax.set_xticks(n.values, [f"{m}\n{v / 1e6:.2g}M" for m, v in n.items()])
         ax.minorticks_off()
     axes[0].set_ylabel("win rate (ties = 1/2)")
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
+    if many:  # beside the panels, in columns, instead of over the points
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="center left", bbox_to_anchor=(0.8, 0.5), ncol=2,
+                   fontsize=7)
+        fig.tight_layout(rect=(0, 0, 0.8, 1))
+    else:
+        axes[0].legend(fontsize=8)
+        fig.tight_layout()
     return fig
+
+
+MANY_SERIES = 10
 
 
 def plot_win_rate_vs_flops(df: pd.DataFrame) -> plt.Figure:

@@ -249,7 +249,10 @@ def conclusions(summary: pd.DataFrame, pairs: pd.DataFrame, sizes: list[str], an
                              f"{', '.join(verdicts[key])})")
         if parts:
             out.append("; ".join(parts) + ".")
-    for a, b in itertools.combinations([s for s in order if _label(s) != anchor], 2):  # vs the anchor: above
+    others = [s for s in order if _label(s) != anchor]  # vs the anchor: above
+    if len(others) > GROUPED_ABOVE:
+        return out + _grouped_pairs(others, pairs, sizes, anchor)
+    for a, b in itertools.combinations(others, 2):
         p = pairs[(pairs["a"] == a) & (pairs["b"] == b) & pairs["diff_low"].notna()].set_index("model")
         p = p.loc[[m for m in sizes if m in p.index]]
         if p.empty:
@@ -269,3 +272,21 @@ def conclusions(summary: pd.DataFrame, pairs: pd.DataFrame, sizes: list[str], an
                          else f"not distinguishable at {_where(tied, sizes)}")
         out.append("; ".join(parts) + ".")
     return out
+
+
+GROUPED_ABOVE = 6  # more series than this: one sentence per series and size lists the series it beats
+
+
+def _grouped_pairs(order: list[str], pairs: pd.DataFrame, sizes: list[str], anchor: str) -> list[str]:
+    """The pairwise verdicts of many series, grouped: per series and size, the series it is ahead of."""
+    out = []
+    for series in order:
+        for model in sizes:
+            at = pairs[(pairs["model"] == model) & pairs["diff_low"].notna()]
+            beats = at[(at["a"] == series) & (at["diff_low"] > 0)]["b"].tolist() + \
+                at[(at["b"] == series) & (at["diff_high"] < 0)]["a"].tolist()
+            if beats:
+                names = ", ".join(_label(b) for b in order if b in beats)
+                out.append(f"{_label(series)} > {names} at {model} (simultaneous 95% CIs of the differences in win "
+                           f"rate vs {anchor} above 0).")
+    return out + ["Every other pair is not distinguishable (the ranking's tied_with column)."]
