@@ -15,7 +15,6 @@ The same functions run in the test suite for every registered method (tests/test
 """
 from __future__ import annotations
 
-import dataclasses
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -102,7 +101,7 @@ def check_direction(method: Method) -> str:
 
 def check_strength(name: str) -> str:
     cls = methods.registry()[name]
-    marked = [f.name for f in dataclasses.fields(cls) if methods.base.STRENGTH in f.metadata]
+    marked = list(methods.strength_fields(cls))
     if not marked:
         try:
             methods.apply_strength(name, {}, 2.0)

@@ -10,12 +10,21 @@ import importlib
 import pkgutil
 from importlib.metadata import entry_points
 
-from methods.base import (STRENGTH, BatchLogps, LossOutput, Method, SeqLogps, StrengthNotApplicable, log_ratios,
-                          scaled_by_strength)
+from methods.base import (
+    STRENGTH,
+    BatchLogps,
+    LossOutput,
+    Method,
+    SeqLogps,
+    StrengthNotApplicable,
+    log_ratios,
+    scaled_by_strength,
+)
 from methods.views import _VIEWS, ViewSpec, register_view
 
 __all__ = ["BatchLogps", "LossOutput", "Method", "SeqLogps", "ViewSpec", "register", "register_view", "registry",
-           "build_method", "log_ratios", "StrengthNotApplicable", "scaled_by_strength", "apply_strength", "view_spec"]
+           "build_method", "log_ratios", "StrengthNotApplicable", "strength_fields", "scaled_by_strength",
+           "apply_strength", "view_spec"]
 INTERFACE = ("base", "views")  # the modules of this package that hold no method
 
 ENTRY_POINT_GROUP = "prefbench.methods"
@@ -68,13 +77,16 @@ def build_method(name: str, **params) -> Method:
     return cls(**params)
 
 
+def strength_fields(cls: type[Method]) -> dict[str, dataclasses.Field]:
+    """The fields a method class marks with ``scaled_by_strength``, by name."""
+    return {f.name: f for f in dataclasses.fields(cls) if STRENGTH in f.metadata} if dataclasses.is_dataclass(cls) else {}
+
+
 def apply_strength(name: str, params: dict, strength: float) -> dict:
     """``params`` with ``strength`` applied to the fields method ``name`` marks with ``scaled_by_strength``
     (the field's default when ``params`` leaves it out). A strength other than 1 for a method that marks no
     field raises ``ValueError``: the sweep would otherwise run identical jobs."""
-    cls = registry()[name]
-    marked = {f.name: f for f in dataclasses.fields(cls) if STRENGTH in f.metadata} \
-        if dataclasses.is_dataclass(cls) else {}
+    marked = strength_fields(registry()[name])
     if strength == 1:
         return dict(params)
     if not marked:

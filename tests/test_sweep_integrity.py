@@ -135,3 +135,17 @@ def test_lost_workers_do_not_lose_their_jobs(tmp_path, shared_cache):
     df = load_runs(tmp_path / "lost")
     assert len(df) == 3 and set(df["status"]) <= {"running", "missing"}
     assert "3 of 3 jobs are not done:" in (tmp_path / "lost" / "report" / "index.html").read_text()
+
+
+def test_a_glob_sweep_is_planned_as_hydra_expands_it():
+    """`method: glob(*)` (sweep=all_methods) needs Hydra's config loader to list the options; the plan had
+    none ("ConfigLoader is not set") before it passed one."""
+    import methods
+    from bench.cli import _register_resolvers
+    from bench.job.sweep import plan
+
+    _register_resolvers()
+    sweep_dir, jobs = plan(["sweep=all_methods"], lambda cfg: None)
+    names = sorted({job.identity["method"] for job in jobs})
+    assert sweep_dir.name == "all_methods" and len(jobs) == 3 * len(names)
+    assert set(names) == set(methods.registry())  # every registered method has its yaml

@@ -25,11 +25,8 @@ GRID = ["config.trainer.lr", "config.strength"]
 
 def strength_fields() -> list[str]:
     """Every field some registered method marks for ``strength``: the values the grid resolved to, for the yamls."""
-    import dataclasses
-
     import methods
-    return sorted({f.name for cls in methods.registry().values() if dataclasses.is_dataclass(cls)
-                   for f in dataclasses.fields(cls) if methods.base.STRENGTH in f.metadata})
+    return sorted({name for cls in methods.registry().values() for name in methods.strength_fields(cls)})
 
 
 def tuning_table(df: pd.DataFrame) -> pd.DataFrame:
