@@ -162,13 +162,13 @@ def cmd_methods(args: list[str]) -> int:
 
     import methods
 
-    print(f"{'name':13} {'view':9} {'reference':9} {'init':5} {'statistics':18} parameters")
+    print(f"{'name':13} {'view':9} {'reference':9} {'init':5} {'statistics':26} parameters")
     for name, cls in methods.registry().items():
         params = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(cls)) if dataclasses.is_dataclass(cls) else ""
-        stats = ["sequence"] + ["per-token"] * cls.token_level + ["samples"] * cls.needs_samples \
+        stats = ["sequence"] + sorted(methods.build_method(name).statistics) + ["samples"] * cls.needs_samples \
             + ["state"] * (cls.initial_state is not methods.Method.initial_state)
         source = (inspect.getmodule(cls).__doc__ or cls.__doc__ or "").strip().splitlines()[0]
-        print(f"{name:13} {cls.view:9} {'yes' if cls.needs_reference else 'no':9} {cls.init:5} {'+'.join(stats):18} "
+        print(f"{name:13} {cls.view:9} {'yes' if cls.needs_reference else 'no':9} {cls.init:5} {'+'.join(stats):26} "
               f"{params}\n{'':13} {source}")
     return 0
 

@@ -29,10 +29,13 @@ ROLES_B = 4  # sequences per role in the synthetic batches
 
 
 def _batch(method: Method, draw: Callable[[tuple[int, ...]], torch.Tensor], lengths: list[int],
-           leaves: list[torch.Tensor] | None = None) -> BatchLogps:
+           leaves: list[torch.Tensor] | None = None, against: Callable | None = None) -> BatchLogps:
     """Statistics for every role of the method's view from per-token log-probs ``draw((B, T))``; the tokens are
-    gradient leaves (collected in ``leaves``) and the sums derive from them, so every statistic has a gradient."""
-    spec = methods.view_spec(method.view)
+    gradient leaves (collected in ``leaves``) and the sums derive from them, so every statistic has a gradient.
+    The vocabulary statistics the method asks for are those of a two-token vocabulary {y_t, other}, so they are
+    consistent with the log-probs (``reference_kl``: against the reference's log-probs ``against((B, T))``, else
+    the policy's own)."""
+    spec, asked = methods.view_spec(method.view), method.statistics
     roles = {}
     for i, role in enumerate(spec.roles + spec.no_grad_roles):
         n = torch.tensor([lengths[(i + j) % len(lengths)] for j in range(ROLES_B)])
@@ -41,9 +44,26 @@ def _batch(method: Method, draw: Callable[[tuple[int, ...]], torch.Tensor], leng
             leaves.append(tokens)
         mask = torch.arange(tokens.shape[1])[None] < n[:, None]
         masked = tokens * mask
+        extra = {}
+        if "tokens" in asked:
+            extra["tokens"] = masked
+        if "prompt" in asked:  # a three-token prompt, a little likelier per token than the completion
+            extra |= {"prompt_sum": masked.sum(1) * 3 / (2 * n), "prompt_n_tokens": torch.full_like(n, 3)}
+        if "collision" in asked:  # log(p^2 + (1 - p)^2)
+            extra["token_collision"] = torch.logaddexp(2 * tokens, 2 * _log1mexp(tokens)) * mask
+        if "reference_kl" in asked:
+            ref = (against(tokens.shape) if against is not None else tokens.detach()).float().clamp(max=-1e-6)
+            kl = ref.exp() * (ref - tokens) + (-ref.expm1()) * (_log1mexp(ref) - _log1mexp(tokens))
+            extra["token_kl"] = kl * mask
         score = torch.linspace(-1, 1, ROLES_B) if method.needs_samples else None
-        roles[role] = SeqLogps(masked.sum(1), n, masked if method.token_level else None, score)
+        roles[role] = SeqLogps(masked.sum(1), n, score=score, **extra)
     return BatchLogps(**roles)
+
+
+def _log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(x)) for x < 0."""
+    x = x.clamp(max=-1e-6)
+    return torch.where(x < -0.6931471805599453, torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
 
 
 def _loss(method: Method, policy: BatchLogps, reference: BatchLogps | None):
@@ -60,7 +80,7 @@ def check_loss(method: Method) -> str:
     for case, (draw, lengths) in cases.items():
         for shift in (-0.5, 0.5):  # the policy above and below the reference, by half a nat per token
             leaves: list[torch.Tensor] = []
-            policy = _batch(method, draw, lengths, leaves)
+            policy = _batch(method, draw, lengths, leaves, against=lambda s: draw(s) + shift)
             reference = _batch(method, lambda s: draw(s) + shift, lengths) if method.needs_reference else None
             total = _loss(method, policy, reference).total()
             if total.dim() != 0 or not torch.isfinite(total):
@@ -115,7 +135,7 @@ def check_strength(name: str) -> str:
             raise AssertionError(f"strength 2 turned {field}={before} into {after}")
     method, scaled = cls(), cls(**params)
     draw = lambda s: -torch.rand(s, generator=torch.Generator().manual_seed(2)) * 3  # noqa: E731
-    policy = _batch(method, draw, [2, 4])
+    policy = _batch(method, draw, [2, 4], against=lambda s: draw(s) * 0.7)
     reference = _batch(method, lambda s: draw(s) * 0.7, [2, 4]) if method.needs_reference else None
     if torch.equal(_loss(method, policy, reference).total(), _loss(scaled, policy, reference).total()):
         raise AssertionError(f"strength scales {', '.join(marked)} but the loss does not change")
@@ -147,10 +167,11 @@ def check_resume(method: Method, work: Path) -> str:
                                             num_attention_heads=2, num_key_value_heads=2, pad_token_id=0))
 
     def run(out: Path, **kw):
-        ref = refcache.cached(work / "cache", "init", view, model, 0, 8, "cpu", tokens=method.token_level)[0] \
+        ref = refcache.cached(work / "cache", "init", view, model, 0, 8, "cpu", statistics=method.statistics)[0] \
             if method.needs_reference else None
         policy = model()
-        return policy, train(policy, method, view, spec, out, pad_id=0, reference=ref, **kw)
+        ref_model = model() if "reference_kl" in method.statistics else None
+        return policy, train(policy, method, view, spec, out, pad_id=0, reference=ref, reference_model=ref_model, **kw)
 
     class StopAt2:
         def steps(self, total):

@@ -9,7 +9,8 @@ What a method may declare, all optional but ``name``, ``view`` and ``needs_refer
   view            a registered view: the roles of its batches (``methods.views``)
   needs_reference whether ``loss`` gets the reference's statistics (cached, one pass per view)
   init            'base' or 'sft': the checkpoint training starts from
-  token_level     the trainer adds per-token log-probs, the policy's and the reference's (``SeqLogps.tokens``)
+  statistics      what the trainer adds to the sequence statistics, of ``STATISTICS`` (per-token log-probs,
+                  prompt log-probs, vocabulary statistics); may be a property when an option decides it
   needs_samples   online: each step trains on fresh policy samples with judge scores (``SeqLogps.score``);
                   the trainer takes them from its ``rollout`` (``bench.train.trainer.train``)
   initial_state() running state (tensors) for ``loss(policy, reference, state)``, checkpointed with the optimizer
@@ -26,12 +27,24 @@ import torch
 Init = Literal["base", "sft"]
 
 
+STATISTICS = {  # what a method may ask the trainer for besides S(y) and n(y), and the SeqLogps fields they fill
+    "tokens": "per-token log-probs log pi(y_t | x, y_<t), the policy's and the reference's (tokens)",
+    "prompt": "log-prob sum and count of the prompt tokens after the first, the policy's and the reference's "
+              "(prompt_sum, prompt_n_tokens)",
+    "collision": "per completion token, log sum_v pi(v | x, y_<t)^2 over the vocabulary (token_collision)",
+    "reference_kl": "per completion token, KL(pi_ref(.|x, y_<t) || pi(.|x, y_<t)) over the vocabulary, the "
+                    "policy's (token_kl); the trainer runs the reference model beside the policy",
+}
+
+
 @dataclass(frozen=True)
 class SeqLogps:
-    """Per-sequence statistics over completion tokens only, shape (B,).
+    """Per-sequence statistics over completion tokens, shape (B,), and what ``statistics`` adds.
 
     ``sum`` is S(y) = sum_t log pi(y_t | x, y_<t); ``n_tokens`` is n(y); ``mean`` is A(y) = S(y)/n(y).
-    ``tokens`` (token-level methods only): log pi(y_t | x, y_<t), shape (B, T), right-padded with 0 (``mask``).
+    Per-token fields are (B, T), right-padded with 0 (``mask``): ``tokens`` log pi(y_t | x, y_<t);
+    ``token_collision`` log sum_v pi(v | x, y_<t)^2; ``token_kl`` KL(pi_ref || pi) at each position.
+    ``prompt_sum``, ``prompt_n_tokens``: the same over the prompt tokens after the first.
     ``score`` (online methods only): the judge's score of each sequence.
     """
 
@@ -39,6 +52,10 @@ class SeqLogps:
     n_tokens: torch.Tensor
     tokens: torch.Tensor | None = None
     score: torch.Tensor | None = None
+    prompt_sum: torch.Tensor | None = None
+    prompt_n_tokens: torch.Tensor | None = None
+    token_collision: torch.Tensor | None = None
+    token_kl: torch.Tensor | None = None
 
     @property
     def mean(self) -> torch.Tensor:
@@ -46,8 +63,9 @@ class SeqLogps:
 
     @property
     def mask(self) -> torch.Tensor:
-        """(B, T) True at the completion tokens of ``tokens``."""
-        width = 0 if self.tokens is None else self.tokens.shape[1]
+        """(B, T) True at the completion tokens of the per-token fields."""
+        per_token = next((t for t in (self.tokens, self.token_collision, self.token_kl) if t is not None), None)
+        width = 0 if per_token is None else per_token.shape[1]
         return torch.arange(width, device=self.n_tokens.device)[None] < self.n_tokens[:, None]
 
     def token_mean_nll(self) -> torch.Tensor:
@@ -135,7 +153,7 @@ class Method:
     view: ClassVar[str]
     needs_reference: ClassVar[bool]
     init: ClassVar[Init] = "base"
-    token_level: ClassVar[bool] = False
+    statistics: ClassVar[frozenset[str]] = frozenset()
     needs_samples: ClassVar[bool] = False
 
     def initial_state(self) -> dict[str, torch.Tensor] | None:

@@ -2,7 +2,7 @@
 
 Each pair's log-likelihoods count the tokens both responses have (the first min(|yw|, |yl|)) in full and the
 longer response's extra tokens scaled by alpha, for the policy and the reference alike; then DPO. Needs
-per-token log-probs (``token_level``). TRL: ``DPOTrainer(ld_alpha=alpha)``.
+per-token log-probs (the ``tokens`` statistic). TRL: ``DPOTrainer(ld_alpha=alpha)``.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ class LDDPO(Method):
     view = "paired"
     needs_reference = True
     init = "sft"
-    token_level = True
+    statistics = frozenset({"tokens"})
 
     def __post_init__(self):
         self.require_positive(beta=self.beta)

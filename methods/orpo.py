@@ -1,8 +1,11 @@
 """Odds Ratio Preference Optimization (Hong et al. 2024, eq. 6-7), reference-free.
 
-The NLL term covers completion tokens only, as every NLL in prefbench does. The official code's default
-counts the prompt tokens too (so does TRL's ORPO trainer), and its released scripts use lambda = 0.1 and
-0.05. ``lam`` is the paper's lambda (TRL calls it ``beta``).
+``nll`` is the scope of the NLL term. ``completion`` (the default) counts the completion tokens only, as every
+NLL in prefbench does (SFT, CPO, RPO, SLiC), so ORPO's SFT term means what theirs means and no method is also
+trained to model the prompts. ``sequence`` counts the prompt tokens too (after the first): the official code's
+default (github.com/xfactlab/orpo, whose released scripts use lambda = 0.1 and 0.05) and what TRL's
+``ORPOTrainer`` does ("orpo chosen nll loss is computed over the full prompt and response"); with it prefbench
+equals TRL's whole ORPO loss (tests/test_trl_parity_family.py). ``lam`` is the paper's lambda (TRL's ``beta``).
 """
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ import torch.nn.functional as F
 from methods import register, scaled_by_strength
 from methods.base import BatchLogps, LossOutput, Method
 
+NLL_SCOPES = ("completion", "sequence")
+
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
     """log(1 - exp(x)) for x < 0, stable on both sides of -log 2."""
@@ -24,10 +29,12 @@ def log1mexp(x: torch.Tensor) -> torch.Tensor:
 @dataclass
 class ORPO(Method):
     """L = NLL(yw) - lam * log sigma(log_odds),
-    log_odds = (A(yw) - A(yl)) - (log(1 - exp A(yw)) - log(1 - exp A(yl))), computed in float64.
+    log_odds = (A(yw) - A(yl)) - (log(1 - exp A(yw)) - log(1 - exp A(yl))), computed in float64;
+    NLL(yw) = -sum_i S(yw_i) / sum_i n(yw_i) over the batch, with the prompt tokens in both sums for nll=sequence.
     """
 
     lam: float = scaled_by_strength(1.0, divide=True)
+    nll: str = "completion"
     name = "orpo"
     view = "paired"
     needs_reference = False
@@ -35,10 +42,18 @@ class ORPO(Method):
 
     def __post_init__(self):
         self.require_positive(lam=self.lam)
+        if self.nll not in NLL_SCOPES:
+            raise ValueError(f"method.nll must be one of {', '.join(NLL_SCOPES)} (got {self.nll!r})")
+
+    @property
+    def statistics(self) -> frozenset[str]:
+        return frozenset({"prompt"}) if self.nll == "sequence" else frozenset()
 
     def loss(self, policy: BatchLogps, reference: BatchLogps | None) -> LossOutput:
         chosen, rejected = policy.chosen.mean.double(), policy.rejected.mean.double()
         log_odds = (chosen - rejected) - (log1mexp(chosen) - log1mexp(rejected))
         odds_term = F.logsigmoid(log_odds).mean().to(policy.chosen.sum.dtype)
-        loss = policy.chosen.token_mean_nll() - self.lam * odds_term
-        return LossOutput(loss, {"orpo/log_odds": log_odds.mean().detach().float()})
+        c = policy.chosen
+        nll = c.token_mean_nll() if self.nll == "completion" else \
+            -(c.sum + c.prompt_sum).sum() / (c.n_tokens + c.prompt_n_tokens).sum().clamp(min=1)
+        return LossOutput(nll - self.lam * odds_term, {"orpo/log_odds": log_odds.mean().detach().float()})

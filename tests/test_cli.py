@@ -18,10 +18,11 @@ WITH_REFERENCE = {"rewards/chosen", "rewards/rejected"}
 
 def test_methods_lists_the_registry():
     out = prefbench("methods").stdout
-    for line in ["dpo           paired    yes       sft   sequence           beta=0.1",
+    for line in ["dpo           paired    yes       sft   sequence                   beta=0.1",
                  "kto           unpaired  yes       sft", "orpo          paired    no        base",
                  "sft           sft       no        base", "bco           paired    yes       sft   sequence+state",
-                 "ld_dpo        paired    yes       sft   sequence+per-token", "Direct Preference Optimization (Rafailov"]:
+                 "ld_dpo        paired    yes       sft   sequence+tokens",
+                 "tdpo          paired    yes       sft   sequence+reference_kl", "Direct Preference Optimization (Rafailov"]:
         assert line in out
 
 
@@ -130,7 +131,7 @@ def install_plugin(tmp_path) -> dict:
 
 def test_external_plugin_is_discovered_by_entry_point_and_trains(tmp_path, shared_cache):
     env = install_plugin(tmp_path)
-    assert "hinge         paired    yes       sft   sequence           beta=0.5" in prefbench("methods", env=env).stdout
+    assert "hinge         paired    yes       sft   sequence                   beta=0.5" in prefbench("methods", env=env).stdout
     prefbench("run", "method=hinge", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", f"results_dir={tmp_path}",
               f"cache_dir={shared_cache}", *SMOKE, env=env)
     summary = json.loads((run_dir(tmp_path / "runs", "reviews-tiny-xs-hinge-s0") / "summary.json").read_text())

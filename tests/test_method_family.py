@@ -158,3 +158,76 @@ def test_beta_dpo_adapts_beta_and_filters_to_the_typical_pairs():
     plain = methods.build_method("beta_dpo", beta=B, a=0.0, rho=0.0)
     dpo = methods.build_method("dpo", beta=B).loss(batch(SW, SL), batch(RW, RL)).total()
     assert float(plain.loss(batch(SW, SL), batch(RW, RL), plain.initial_state()).total()) == pytest.approx(float(dpo))
+
+
+COLLISION_W = [[-0.5, -0.4, -0.3, -0.2], [-0.2, -0.3, -0.4]]  # log sum_v p(v)^2 per token
+COLLISION_L = [[-0.6, -0.5], [-0.2, -0.2, -0.2, -0.2, -0.2]]
+KL_W = [[0.3, 0.1, 0.0, 0.2], [0.05, 0.1, 0.4]]  # KL(ref || policy) per token
+KL_L = [[0.5, 0.25], [0.1, 0.0, 0.2, 0.3, 0.1]]
+
+
+def with_fields(b: BatchLogps, **per_role) -> BatchLogps:
+    from dataclasses import replace
+    return BatchLogps(**{role: replace(b[role], **{k: padded(v[i]) for k, v in per_role.items()})
+                         for i, role in enumerate(("chosen", "rejected"))})
+
+
+def test_wpo_weights_each_pair_by_its_aligned_probability():
+    def w(tokens, collision):
+        return math.exp(mean([t - c for t, c in zip(tokens, collision)]))
+    expected = mean([w(TOKENS_W[i], COLLISION_W[i]) * w(TOKENS_L[i], COLLISION_L[i]) * -ls(B * (hw - hl))
+                     for i, (hw, hl, *_) in enumerate(pairs())])
+    policy = with_fields(batch(SW, SL, TOKENS_W, TOKENS_L), token_collision=(COLLISION_W, COLLISION_L))
+    out = methods.build_method("wpo", beta=B).loss(policy, batch(RW, RL))
+    assert float(out.total()) == pytest.approx(expected, abs=1e-12)
+    # the weights carry no gradient: d loss / d S(yw) is the DPO term's, scaled by the weight
+    from dataclasses import replace
+    tokens, sums = policy.chosen.tokens.clone().requires_grad_(True), policy.chosen.sum.clone().requires_grad_(True)
+    graded = BatchLogps(chosen=replace(policy.chosen, tokens=tokens, sum=sums), rejected=policy.rejected)
+    methods.build_method("wpo", beta=B).loss(graded, batch(RW, RL)).total().backward()
+    assert tokens.grad is None
+    for i, (hw, hl, *_) in enumerate(pairs()):
+        weight = w(TOKENS_W[i], COLLISION_W[i]) * w(TOKENS_L[i], COLLISION_L[i])
+        assert float(sums.grad[i]) == pytest.approx(-weight * B * sig(-B * (hw - hl)) / 2, abs=1e-12)
+
+
+@pytest.mark.parametrize("version,alpha", [(1, 0.5), (2, 0.5), (2, 0.2)])
+def test_tdpo_subtracts_the_sequential_kl_difference(version, alpha):
+    expected = []
+    for i, (hw, hl, *_) in enumerate(pairs()):
+        dw, dl = sum(KL_W[i]), sum(KL_L[i])
+        penalty = dl - dw if version == 1 else alpha * (dl - dw)
+        expected.append(-ls(B * ((hw - hl) - penalty)))
+    policy = with_fields(batch(SW, SL), token_kl=(KL_W, KL_L))
+    method = methods.build_method("tdpo", beta=B, alpha=alpha, version=version)
+    assert float(method.loss(policy, batch(RW, RL)).total()) == pytest.approx(mean(expected), abs=1e-12)
+
+
+def test_tdpo2_stops_the_gradient_of_the_chosen_kl():
+    from dataclasses import replace
+    kl_w, kl_l = padded(KL_W).requires_grad_(True), padded(KL_L).requires_grad_(True)
+    base = batch(SW, SL)
+    policy = BatchLogps(chosen=replace(base.chosen, token_kl=kl_w), rejected=replace(base.rejected, token_kl=kl_l))
+    methods.build_method("tdpo", version=2).loss(policy, batch(RW, RL)).total().backward()
+    assert kl_w.grad is None and float(kl_l.grad.abs().sum()) > 0
+    kl_w.grad = kl_l.grad = None
+    methods.build_method("tdpo", version=1).loss(policy, batch(RW, RL)).total().backward()
+    assert float(kl_w.grad.abs().sum()) > 0  # TDPO1 pushes the chosen KL too
+
+
+def test_orpo_nll_scope_counts_the_prompt_tokens_when_asked():
+    from dataclasses import replace
+    prompt_sum, prompt_n = [-3.0, -2.0], [2, 1]
+    base = batch(SW, SL)
+    policy = BatchLogps(chosen=replace(base.chosen, prompt_sum=torch.tensor(prompt_sum, dtype=torch.float64),
+                                       prompt_n_tokens=torch.tensor(prompt_n)), rejected=base.rejected)
+    odds = mean([ls((aw - al) - (math.log1p(-math.exp(aw)) - math.log1p(-math.exp(al))))
+                 for _, _, aw, al, _, _ in pairs()])
+    sequence_nll = -(sum(SW) + sum(prompt_sum)) / (sum(NW) + sum(prompt_n))
+    orpo = methods.build_method("orpo", lam=0.5, nll="sequence")
+    assert orpo.statistics == {"prompt"} and not methods.build_method("orpo").statistics
+    assert float(orpo.loss(policy, None).total()) == pytest.approx(sequence_nll - 0.5 * odds, abs=1e-12)
+    completion = methods.build_method("orpo", lam=0.5).loss(policy, None).total()
+    assert float(completion) == pytest.approx(NLL - 0.5 * odds, abs=1e-12)
+    with pytest.raises(ValueError, match="method.nll"):
+        methods.build_method("orpo", nll="prompt")

@@ -36,7 +36,7 @@ from methods import LossOutput, Method, register
 class TokenDPO(Method):
     """DPO written over per-token log-ratios (sum_t [log pi - log pi_ref]); equal to DPO by construction."""
     beta: float = 0.1
-    name = "token_dpo"; view = "paired"; needs_reference = True; init = "sft"; token_level = True
+    name = "token_dpo"; view = "paired"; needs_reference = True; init = "sft"; statistics = frozenset({"tokens"})
 
     def loss(self, policy, reference):
         def ratio(role):
@@ -151,9 +151,9 @@ def tiny_model():
                                         num_attention_heads=2, num_key_value_heads=2, pad_token_id=0))
 
 
-def trained(method, view, out_dir, spec=SPEC, tokens=False, **kw):
+def trained(method, view, out_dir, spec=SPEC, **kw):
     model = tiny_model()
-    ref = refcache.cached(out_dir / "cache", "init", view, tiny_model, 0, 8, "cpu", tokens=tokens)[0] \
+    ref = refcache.cached(out_dir / "cache", "init", view, tiny_model, 0, 8, "cpu", statistics=method.statistics)[0] \
         if method.needs_reference else None
     stats = train(model, method, view, spec, out_dir, pad_id=0, reference=ref, **kw)
     return model, stats
@@ -166,9 +166,9 @@ def same_weights(a, b, **tol):
 def test_token_level_statistics_sum_to_the_sequence_ones_and_train_like_dpo(plugin, tmp_path):
     method = plugin("token_dpo", TOKEN_DPO)
     view = build_view("paired", "paired", PAIRS, 0)
-    ref = refcache.cached(tmp_path / "cache", "init", view, tiny_model, 0, 8, "cpu", tokens=True)[0]
+    ref = refcache.cached(tmp_path / "cache", "init", view, tiny_model, 0, 8, "cpu", statistics={"tokens"})[0]
     assert not refcache.cached(tmp_path / "cache", "init", view, tiny_model, 0, 8, "cpu")[1]  # own file
-    policy, index = forward(tiny_model(), view, [0, 1, 2, 3], 0, "cpu", tokens=True)
+    policy, index = forward(tiny_model(), view, [0, 1, 2, 3], 0, "cpu", {"tokens"})
     reference = ref.lookup(index, "cpu")
     for batch in (policy, reference):
         for role in ("chosen", "rejected"):
@@ -178,7 +178,7 @@ def test_token_level_statistics_sum_to_the_sequence_ones_and_train_like_dpo(plug
     assert torch.allclose(policy.chosen.tokens, reference.chosen.tokens, atol=1e-5)  # the same init weights
     plain, _ = forward(tiny_model(), view, [0, 1], 0, "cpu")
     assert plain.chosen.tokens is None  # sequence-level methods pay nothing for it
-    token_model, _ = trained(method, view, tmp_path / "token", tokens=True)
+    token_model, _ = trained(method, view, tmp_path / "token")
     dpo_model, _ = trained(build_method("dpo"), view, tmp_path / "dpo")
     assert same_weights(token_model, dpo_model, atol=1e-5) and not same_weights(token_model, tiny_model())
 

@@ -35,9 +35,9 @@ def model(tok):
 @pytest.fixture(params=["packed", "padded"])
 def logps(request):
     """``sequence_logps`` in one of the two layouts the trainer uses."""
-    def run(model, batch):
+    def run(model, batch, statistics=frozenset()):
         with packed_attention(model, enabled=request.param == "packed"):
-            return sequence_logps(model, batch)
+            return sequence_logps(model, batch, statistics=statistics)
     return run
 
 

@@ -2,8 +2,10 @@
 loss and gradient to 1e-5 (the harness of ``test_trl_parity.py``).
 
 DPOTrainer's loss types and options (``loss_type``, ``label_smoothing``, ``f_divergence_type``, ``ld_alpha``,
-``loss_weights``) are compared through ``DPOTrainer._compute_loss``; CPOTrainer's (SimPO, CPO, AlphaPO, SLiC) through
-``CPOTrainer.cpo_loss`` on identical log-probs plus its NLL term, as the ORPO test does.
+``loss_weights``, ``use_weighting``) are compared through ``DPOTrainer._compute_loss``; CPOTrainer's (SimPO, CPO,
+AlphaPO, SLiC) through ``CPOTrainer.cpo_loss`` on identical log-probs plus its NLL term, as the ORPO test does;
+ORPO with the prompt in its NLL through ``ORPOTrainer.get_batch_loss_metrics``, the whole loss. TDPO, which TRL
+lacks, against the official code's formulas on the model's full logits.
 """
 import copy
 
@@ -12,6 +14,8 @@ import torch
 
 import methods
 from bench.data.views import pad_batch
+from bench.model.logprobs import sequence_logps
+from bench.model.packing import packed_attention
 from tests.test_trl_parity import PAIRS, REF_CHOSEN, REF_REJECTED, ROWS, conversational, logps, model, tok  # noqa: F401
 
 DPO_FAMILY = [  # prefbench method and params, TRL DPOConfig settings
@@ -32,6 +36,7 @@ DPO_FAMILY = [  # prefbench method and params, TRL DPOConfig settings
     ("fdpo", {"beta": 0.1, "divergence": "alpha", "alpha": 0.3},
      {"f_divergence_type": "alpha_divergence", "f_alpha_divergence_coef": 0.7}),
     ("bco", {"beta": 0.1}, {"loss_type": ["bco_pair"]}),
+    ("wpo", {"beta": 0.1}, {"loss_type": ["sigmoid"], "use_weighting": True}),
 ]
 
 
@@ -72,7 +77,7 @@ def test_dpo_family_matches_trl(tok, model, name, params, trl, tmp_path, logps):
         "input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "completion_mask": batch.completion_mask,
         "ref_chosen_logps": REF_CHOSEN, "ref_rejected_logps": REF_REJECTED}, return_outputs=False)
     method = methods.build_method(name, **params)
-    policy, reference = roles(logps(trainer.model, batch), REF_CHOSEN, REF_REJECTED)
+    policy, reference = roles(logps(trainer.model, batch, method.statistics), REF_CHOSEN, REF_REJECTED)
     if method.initial_state() is None:
         ours = method.loss(policy, reference).total()
     else:  # BCO with a settled shift of 0: TRL's bco_pair keeps no running mean
@@ -87,15 +92,13 @@ def test_ld_dpo_matches_trl(tok, model, tmp_path):
     through accelerate's evaluation wrapper, whose log-probs differ from the unwrapped model's by up to 1e-3)."""
     from trl import DPOConfig, DPOTrainer
 
-    from bench.model.logprobs import sequence_logps
-
     reference_model, alpha = copy.deepcopy(model), 0.4
     with torch.no_grad():  # the policy moves away from the reference so that the log-ratios are not zero
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     batch = pad_batch(PAIRS, [0, 1, 2], ("chosen", "rejected"), tok.pad_token_id)
     with torch.no_grad():
-        reference = methods.BatchLogps(**sequence_logps(reference_model, batch, tokens=True))
+        reference = methods.BatchLogps(**sequence_logps(reference_model, batch, statistics={"tokens"}))
     by_hand = {role: [] for role in ("chosen", "rejected")}
     for i in range(3):
         shared = int(min(reference.chosen.n_tokens[i], reference.rejected.n_tokens[i]))
@@ -109,7 +112,7 @@ def test_ld_dpo_matches_trl(tok, model, tmp_path):
         "input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "completion_mask": batch.completion_mask,
         "ref_chosen_logps": torch.tensor(by_hand["chosen"]), "ref_rejected_logps": torch.tensor(by_hand["rejected"])},
         return_outputs=False)
-    policy = methods.BatchLogps(**sequence_logps(trainer.model, batch, tokens=True))
+    policy = methods.BatchLogps(**sequence_logps(trainer.model, batch, statistics={"tokens"}))
     ours = methods.build_method("ld_dpo", beta=0.1, alpha=alpha).loss(policy, reference).total()
     assert_same(ours, theirs, trainer.model)
 
@@ -140,3 +143,56 @@ def test_cpo_family_matches_trl(tok, model, name, params, trl, average, tmp_path
     ours = methods.build_method(name, **params).loss(methods.BatchLogps(chosen=stats["chosen"],
                                                                        rejected=stats["rejected"]), None).total()
     assert_same(ours, theirs, trainer.model)
+
+
+def test_orpo_with_the_prompt_in_its_nll_matches_trls_whole_loss(tok, model, tmp_path, logps):
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+    args = ORPOConfig(output_dir=str(tmp_path), beta=0.25, report_to=[], use_cpu=True, max_length=64, disable_tqdm=True)
+    trainer = ORPOTrainer(model=model, args=args, train_dataset=conversational(ROWS), processing_class=tok)
+    batch = pad_batch(PAIRS, [0, 1, 2], ("chosen", "rejected"), tok.pad_token_id)
+    labels = batch.input_ids.masked_fill(batch.completion_mask == 0, -100)
+    inputs = {f"{role}_{key}": value[rows] for role, rows in batch.slices.items()
+              for key, value in (("input_ids", batch.input_ids), ("attention_mask", batch.attention_mask),
+                                 ("labels", labels))}
+    theirs, _ = trainer.get_batch_loss_metrics(trainer.model, inputs)
+    method = methods.build_method("orpo", lam=0.25, nll="sequence")
+    stats = logps(trainer.model, batch, method.statistics)
+    ours = method.loss(methods.BatchLogps(chosen=stats["chosen"], rejected=stats["rejected"]), None).total()
+    assert_same(ours, theirs, trainer.model)
+    completion = methods.build_method("orpo", lam=0.25).loss(methods.BatchLogps(**stats), None).total()
+    assert abs(float(completion) - float(theirs)) > 1e-3  # the scopes differ on these prompts
+
+
+def test_tdpo_matches_the_official_formulas(tok, model):
+    """``_tdpo_get_batch_logps`` and ``tdpo_loss`` of github.com/Vance0124/Token-level-Direct-Preference-Optimization,
+    written out on full logits: per-position KL(ref || policy) and log-ratio sums over the completion tokens."""
+    import torch.nn.functional as F
+
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    batch = pad_batch(PAIRS, [0, 1, 2], ("chosen", "rejected"), tok.pad_token_id)
+    mask = batch.completion_mask[:, 1:].float()
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+    with torch.no_grad():
+        ref_logits = reference(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+    vocab_logps, ref_ps = logits.log_softmax(-1), ref_logits.softmax(-1)
+    position_kl = (ref_ps * (ref_ps.log() - vocab_logps)).sum(-1)
+    labels = batch.input_ids[:, 1:, None]
+    margin = (vocab_logps.gather(2, labels)[..., 0] - ref_logits.log_softmax(-1).gather(2, labels)[..., 0])
+    margin, kl = (margin * mask).sum(-1), (position_kl * mask).sum(-1)
+    c, r = batch.slices["chosen"], batch.slices["rejected"]
+    beta, alpha = 0.1, 0.5
+    with torch.no_grad():
+        ref_stats = sequence_logps(reference, batch)
+    for version in (1, 2):
+        chosen_kl = kl[c] if version == 1 else kl[c].detach()
+        penalty = (kl[r] - chosen_kl) * (1 if version == 1 else alpha)
+        theirs = -F.logsigmoid(beta * ((margin[c] - margin[r]) - penalty)).mean()
+        method = methods.build_method("tdpo", beta=beta, alpha=alpha, version=version)
+        with packed_attention(model):  # the policy padding-free, the reference in length groups
+            stats = sequence_logps(model, batch, statistics=method.statistics, reference=reference)
+        ours = method.loss(methods.BatchLogps(**stats), methods.BatchLogps(**ref_stats)).total()
+        assert_same(ours, theirs, model)

@@ -140,7 +140,13 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict:
         reference, ref_hit = refcache.cached(
             cfg.cache_dir, stage_key("ref", {"start": str(start)}), view,
             (lambda: model) if lora else (lambda: load_model(start)), group.pad_id, 64, device,
-            context=model.disable_adapter if lora else contextlib.nullcontext, tokens=method.token_level)
+            context=model.disable_adapter if lora else contextlib.nullcontext, statistics=method.statistics)
+    ref_model = None
+    if "reference_kl" in method.statistics:  # its distributions are not cached: the reference runs beside the policy
+        if cfg.model.get("lora"):
+            raise UserError(f"method {method.name} runs the reference beside the policy, "
+                            "which LoRA runs do not support yet")
+        ref_model = load_model(start)
     if cfg.fault == "nan_loss":
         with torch.no_grad():
             for p in model.parameters():
@@ -151,7 +157,7 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict:
         if group.data.kind == "paired" else None
     stats = train(model, method, view, run_spec(cfg, init), run_dir, group.pad_id, reference,
                   logprob_probe(probe_view, group.pad_id) if probe_view else None, desc=run_dir.name,
-                  curve=CurveSampler(eval_spec, group, run_dir))
+                  curve=CurveSampler(eval_spec, group, run_dir), reference_model=ref_model)
     size = n_params(model)
     summary = {
         "init": init, "n_params": size, **{f"method/{k}": v for k, v in vars(method).items()},

@@ -1,6 +1,8 @@
 """Per-sequence completion log-probs, computed only at the positions that count."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from accelerate.utils import extract_model_from_parallel
@@ -8,6 +10,7 @@ from accelerate.utils import extract_model_from_parallel
 from bench.data.views import PaddedBatch, View, pad_batch
 from bench.model.packing import is_packed, packed_attention, packed_inputs, unwrap
 from methods import SeqLogps
+from methods.base import STATISTICS
 
 
 def _body_and_head(model):
@@ -42,56 +45,112 @@ def length_groups(lengths: list[int], overhead: int = 64) -> list[list[int]]:
     return groups[::-1]
 
 
-def token_logps(model, batch: PaddedBatch, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs of the completion tokens, flattened, and the batch row of each, under the model's
-    distribution at ``temperature``: log_softmax(logits / temperature), the distribution that
-    sampling at that temperature draws from (1.0: the model itself, as training uses).
+@dataclass
+class TokenLogps:
+    """Log-probs of the predicted tokens, flattened: ``rows`` is each token's batch row, ``completion`` whether
+    it is a completion token (else a prompt token), ``vocab`` the (tokens, vocabulary) log-softmax rows."""
+
+    logps: torch.Tensor
+    rows: torch.Tensor
+    completion: torch.Tensor
+    vocab: torch.Tensor | None = None
+
+    def canonical(self) -> TokenLogps:
+        """The tokens ordered by row, each row's in sequence order (the layouts differ only in row order)."""
+        order = torch.sort(self.rows, stable=True).indices
+        return TokenLogps(self.logps[order], self.rows[order], self.completion[order],
+                          None if self.vocab is None else self.vocab[order])
+
+
+def token_logps(model, batch: PaddedBatch, temperature: float = 1.0, prompt: bool = False,
+                vocab: bool = False) -> TokenLogps:
+    """Log-probs of the completion tokens (and with ``prompt``, of the prompt tokens after the first), under
+    the model's distribution at ``temperature``: log_softmax(logits / temperature), the distribution that
+    sampling at that temperature draws from (1.0: the model itself, as training uses). ``vocab``: keep the
+    whole log-softmax row of each token too.
 
     Inside ``packed_attention`` the rows run as one padding-free row (``bench.model.packing``); otherwise
     in length groups (``length_groups``), so little compute goes to padding. Either way the batch is
     one autograd graph, so losses and gradients are those of the whole batch. Hidden states are
-    projected onto the vocabulary only where a completion token is predicted, so no
+    projected onto the vocabulary only where a counted token is predicted, so no
     (batch, length, vocab) logits tensor is materialised.
     """
+    predicted = batch.attention_mask if prompt else batch.completion_mask
     if is_packed(model):
         ids, positions, row, segments = packed_inputs(batch.input_ids, batch.attention_mask)
-        completion = batch.completion_mask[batch.attention_mask.bool()]
-        target = (completion[1:] == 1) & (row[1:] == row[:-1])  # the next token is in the same sequence
-        return (_predict(model, ids, target[None], temperature, position_ids=positions, segments=segments),
-                row[1:][target])
+        real = batch.attention_mask.bool()
+        target = (predicted[real][1:] == 1) & (row[1:] == row[:-1])  # the next token is in the same sequence
+        logps, full = _predict(model, ids, target[None], temperature, vocab, position_ids=positions, segments=segments)
+        return TokenLogps(logps, row[1:][target], batch.completion_mask[real][1:][target].bool(), full)
     lengths = batch.attention_mask.sum(dim=1).tolist()
-    logps, rows = [], []
+    parts = []
     for g in length_groups(lengths) if len(lengths) > 1 else [[0]]:
         idx = torch.tensor(g, device=batch.input_ids.device)
         width = max(lengths[i] for i in g)
-        target = batch.completion_mask[idx, 1:width].bool()
-        logps.append(_predict(model, batch.input_ids[idx, :width], target, temperature,
-                              attention_mask=batch.attention_mask[idx, :width]))
-        rows.append(idx[target.nonzero()[:, 0]])
-    return torch.cat(logps), torch.cat(rows)
+        target = predicted[idx, 1:width].bool()
+        logps, full = _predict(model, batch.input_ids[idx, :width], target, temperature, vocab,
+                               attention_mask=batch.attention_mask[idx, :width])
+        parts.append((logps, idx[target.nonzero()[:, 0]], batch.completion_mask[idx, 1:width][target].bool(), full))
+    logps, rows, completion, full = zip(*parts)
+    return TokenLogps(torch.cat(logps), torch.cat(rows), torch.cat(completion), torch.cat(full) if vocab else None)
 
 
-def _predict(model, input_ids, target, temperature: float = 1.0, **inputs) -> torch.Tensor:
-    """log p_T(input_ids[:, t+1] | input_ids[:, :t+1]) at the positions t where ``target`` is set."""
+def _predict(model, input_ids, target, temperature: float = 1.0, vocab: bool = False, **inputs
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log p_T(input_ids[:, t+1] | input_ids[:, :t+1]) at the positions t where ``target`` is set, and with
+    ``vocab`` the whole log-softmax row there."""
     body, head = _body_and_head(model)
     if body is not None:
         logits = head(body(input_ids=input_ids, use_cache=False, **inputs)[0][:, :-1][target])
     else:
         logits = model(input_ids=input_ids, use_cache=False, **inputs).logits[:, :-1][target]
     logits = logits.float() if temperature == 1.0 else logits.float() / temperature
-    return -F.cross_entropy(logits, input_ids[:, 1:][target], reduction="none")
+    labels = input_ids[:, 1:][target]
+    if not vocab:
+        return -F.cross_entropy(logits, labels, reduction="none"), None
+    full = logits.log_softmax(-1)
+    return full.gather(1, labels[:, None])[:, 0], full
 
 
-def sequence_logps(model, batch: PaddedBatch, temperature: float = 1.0, tokens: bool = False) -> dict[str, SeqLogps]:
-    """S(y) and n(y) for every sequence of the batch, split by role (S at ``temperature``, see token_logps);
-    with ``tokens``, also each sequence's per-token log-probs (``SeqLogps.tokens``)."""
-    logps, rows = token_logps(model, batch, temperature)
+def sequence_logps(model, batch: PaddedBatch, temperature: float = 1.0, statistics: frozenset[str] = frozenset(),
+                   reference=None) -> dict[str, SeqLogps]:
+    """S(y) and n(y) for every sequence of the batch, split by role (S at ``temperature``, see token_logps),
+    plus the ``statistics`` asked for (``methods.base.STATISTICS``); ``reference_kl`` runs ``reference``
+    (a model) without grad on the same batch."""
+    unknown = set(statistics) - set(STATISTICS)
+    if unknown:
+        raise ValueError(f"unknown statistics {sorted(unknown)}; known: {', '.join(STATISTICS)}")
+    t = token_logps(model, batch, temperature, prompt="prompt" in statistics,
+                    vocab=bool({"collision", "reference_kl"} & set(statistics)))
+    if "reference_kl" in statistics:
+        if reference is None:
+            raise ValueError("the reference_kl statistic needs the reference model")
+        t = t.canonical()
+        with torch.no_grad():
+            ref = token_logps(reference, batch, temperature, vocab=True).canonical()
+    comp = t.completion
+    logps, rows = t.logps[comp], t.rows[comp]
     n_rows = batch.input_ids.shape[0]
-    sums = torch.zeros(n_rows, device=logps.device, dtype=logps.dtype).index_add(0, rows, logps)
+    sums = logps.new_zeros(n_rows).index_add(0, rows, logps)
     counts = batch.completion_mask[:, 1:].sum(dim=1)
-    per_token = _per_token(logps, rows, counts) if tokens else None
-    return {role: SeqLogps(sums[s], counts[s], None if per_token is None else per_token[s, :int(counts[s].max())])
+    fields: dict[str, torch.Tensor] = {}
+    if "tokens" in statistics:
+        fields["tokens"] = _per_token(logps, rows, counts)
+    if "prompt" in statistics:
+        fields["prompt_sum"] = logps.new_zeros(n_rows).index_add(0, t.rows[~comp], t.logps[~comp])
+        fields["prompt_n_tokens"] = batch.attention_mask[:, 1:].sum(dim=1) - counts
+    if "collision" in statistics:  # log sum_v p(v)^2 = logsumexp(2 log p)
+        fields["token_collision"] = _per_token(torch.logsumexp(2 * t.vocab[comp], -1), rows, counts)
+    if "reference_kl" in statistics:  # KL(ref || policy) = sum_v p_ref(v) (log p_ref(v) - log p(v))
+        kl = (ref.vocab.exp() * (ref.vocab - t.vocab[comp])).sum(-1)
+        fields["token_kl"] = _per_token(kl, rows, counts)
+    return {role: SeqLogps(sums[s], counts[s], **{k: _rows(v, s, counts) for k, v in fields.items()})
             for role, s in batch.slices.items()}
+
+
+def _rows(values: torch.Tensor, s: slice, counts: torch.Tensor) -> torch.Tensor:
+    """A role's rows of a per-sequence (B,) or per-token (B, T) statistic, per-token ones cut to its longest."""
+    return values[s] if values.dim() == 1 else values[s, :int(counts[s].max()) if len(counts[s]) else 0]
 
 
 def _per_token(logps: torch.Tensor, rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
@@ -104,26 +163,35 @@ def _per_token(logps: torch.Tensor, rows: torch.Tensor, counts: torch.Tensor) ->
     return out.index_put((sorted_rows, position), logps[order])
 
 
+CACHEABLE = ("tokens", "prompt", "collision")  # the statistics of one model, which score_view can store
+
+
 @torch.no_grad()
 def score_view(model, view: View, pad_id: int, batch_size: int, device,
-               temperature: float = 1.0, tokens: bool = False) -> dict[str, torch.Tensor]:
+               temperature: float = 1.0, statistics: frozenset[str] = frozenset()) -> dict[str, torch.Tensor]:
     """``{role}.sum`` and ``{role}.n`` for every example of ``view`` (NaN where an example lacks the role);
-    the sums at ``temperature`` (see token_logps). With ``tokens``, also ``{role}.tokens``: (examples, the
-    role's longest completion) per-token log-probs, right-padded with NaN."""
+    the sums at ``temperature`` (see token_logps). With ``statistics`` (of ``CACHEABLE``), also their
+    ``SeqLogps`` fields as ``{role}.{field}``: per-token ones (examples, the role's longest completion),
+    right-padded with NaN."""
+    statistics = frozenset(statistics) & set(CACHEABLE)
     model.eval()
     out = {f"{r}.{k}": torch.full((len(view),), float("nan")) for r in view.roles for k in ("sum", "n")}
-    if tokens:
-        for r in view.roles:
-            width = max((len(ex[r][1]) for ex in view.examples if r in ex), default=0)
-            out[f"{r}.tokens"] = torch.full((len(view), width), float("nan"))
+    scalar = ("prompt_sum", "prompt_n_tokens") if "prompt" in statistics else ()
+    per_token = ("tokens",) * ("tokens" in statistics) + ("token_collision",) * ("collision" in statistics)
+    for r in view.roles:
+        width = max((len(ex[r][1]) for ex in view.examples if r in ex), default=0)
+        out |= {f"{r}.{k}": torch.full((len(view),), float("nan")) for k in scalar}
+        out |= {f"{r}.{k}": torch.full((len(view), width), float("nan")) for k in per_token}
     with packed_attention(model):
         for start in range(0, len(view), batch_size):
             batch = pad_batch(view, list(range(start, min(start + batch_size, len(view)))), view.roles, pad_id).to(device)
-            for role, s in sequence_logps(model, batch, temperature, tokens).items():
+            for role, s in sequence_logps(model, batch, temperature, statistics).items():
                 idx = batch.index[role].cpu()
                 out[f"{role}.sum"][idx] = s.sum.float().cpu()
                 out[f"{role}.n"][idx] = s.n_tokens.float().cpu()
-                if tokens:
-                    out[f"{role}.tokens"][idx, :s.tokens.shape[1]] = torch.where(
-                        s.mask, s.tokens, float("nan")).float().cpu()
+                for k in scalar:
+                    out[f"{role}.{k}"][idx] = getattr(s, k).float().cpu()
+                for k in per_token:
+                    value = getattr(s, k)
+                    out[f"{role}.{k}"][idx, :value.shape[1]] = torch.where(s.mask, value, float("nan")).float().cpu()
     return out

@@ -39,7 +39,7 @@ def run_prefbench(cfg, method: str) -> dict:
     data = tokenize(shape(pairs), tok, data_cfg, 0, "perf", None, shuffle=False)  # the rows' order, as TRL's
     m = build_method(method, **method_params(cfg, method))
     view = build_view(m.view, data.kind, data.train, 0)
-    ref = ReferenceLogps(score_view(model, view, tok.pad_token_id, 32, "cpu", tokens=m.token_level)) \
+    ref = ReferenceLogps(score_view(model, view, tok.pad_token_id, 32, "cpu", statistics=m.statistics)) \
         if m.needs_reference else None
     spec = TrainSpec(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup_ratio=0.0, scheduler="constant",
                      log_every=1, shuffle=False, progress=False, save_final=False,

@@ -25,6 +25,8 @@ of the global-batch loss for every method.
 """
 from __future__ import annotations
 
+from dataclasses import fields
+
 import os
 
 import torch
@@ -108,9 +110,11 @@ def gather_batch(batch: BatchLogps | None) -> BatchLogps | None:
         return batch
     roles = sorted(batch)  # every process's batch has the view's roles (bench.train.trainer.forward)
     local = [batch[role] for role in roles]
-    if any(s.tokens is not None or s.score is not None for s in local):
-        raise UserError("per-token statistics and judge scores are not gathered across processes yet; "
-                        "run token-level and online methods in one process")
+    extra = sorted({f.name for s in local for f in fields(s) if f.name not in ("sum", "n_tokens")
+                    and getattr(s, f.name) is not None})
+    if extra:
+        raise UserError(f"statistics beyond the sums ({', '.join(extra)}) are not gathered across processes yet; "
+                        "run methods that ask for them, and online methods, in one process")
     first = local[0]
     sizes = torch.tensor([-1 if s is None else len(s.sum) for s in local], device=first.sum.device)
     all_sizes = [torch.empty_like(sizes) for _ in range(dist.get_world_size())]

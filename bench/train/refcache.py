@@ -14,7 +14,7 @@ from filelock import FileLock
 from safetensors.torch import load_file, save_file
 
 from bench.data.views import View
-from bench.model.logprobs import score_view
+from bench.model.logprobs import CACHEABLE, score_view
 from methods import BatchLogps, SeqLogps
 
 
@@ -26,7 +26,7 @@ def view_fingerprint(view: View) -> str:
 
 
 class ReferenceLogps:
-    """S_ref and n (and per-token log-probs, when cached with them) for each (role, example) of a view; NaN
+    """S_ref and n (and the other statistics cached with them) for each (role, example) of a view; NaN
     where an example lacks the role."""
 
     def __init__(self, tensors: dict[str, torch.Tensor]):
@@ -37,22 +37,28 @@ class ReferenceLogps:
         def role(name):
             idx = index[name].cpu()
             n = self.tensors[f"{name}.n"][idx]
-            tokens = self.tensors.get(f"{name}.tokens")
-            if tokens is not None:
-                tokens = torch.nan_to_num(tokens[idx, :int(n.max()) if len(n) else 0], nan=0.0).to(device)
-            return SeqLogps(self.tensors[f"{name}.sum"][idx].to(device), n.to(device), tokens)
+            fields = {}
+            for key, values in self.tensors.items():
+                role_name, _, field = key.partition(".")
+                if role_name != name or field in ("sum", "n"):
+                    continue
+                values = values[idx] if values.dim() == 1 else values[idx, :int(n.max()) if len(n) else 0]
+                fields[field] = torch.nan_to_num(values, nan=0.0).to(device)
+            return SeqLogps(self.tensors[f"{name}.sum"][idx].to(device), n.to(device), **fields)
 
         return BatchLogps(**{name: role(name) for name in index})
 
 
 def cached(cache_dir: Path, ref_key: str, view: View, load_model, pad_id: int, batch_size: int,
-           device, context=contextlib.nullcontext, tokens: bool = False) -> tuple[ReferenceLogps, bool]:
+           device, context=contextlib.nullcontext, statistics: frozenset[str] = frozenset()
+           ) -> tuple[ReferenceLogps, bool]:
     """Reference log-probs of ``view`` under the checkpoint ``ref_key``; returns (logps, cache_hit).
 
     ``load_model`` is called only on a miss, and the pass runs inside ``context()`` (for LoRA:
-    the policy with its adapters disabled). ``tokens``: also per-token log-probs (token-level methods),
-    cached in a file of their own so sequence-level methods never pay for them."""
-    suffix = "-tokens" if tokens else ""
+    the policy with its adapters disabled). ``statistics``: also those of ``CACHEABLE`` (per-token log-probs,
+    prompt log-probs, ...), cached in a file of their own so methods that don't ask never pay for them."""
+    kept = sorted(set(statistics) & set(CACHEABLE))
+    suffix = "".join(f"-{k}" for k in kept)
     path = Path(cache_dir) / "reflogps" / f"{ref_key}-{view_fingerprint(view)}{suffix}.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
@@ -60,7 +66,7 @@ def cached(cache_dir: Path, ref_key: str, view: View, load_model, pad_id: int, b
             return ReferenceLogps(load_file(path)), True
         model = load_model().to(device)
         with context():
-            tensors = score_view(model, view, pad_id, batch_size, device, tokens=tokens)
+            tensors = score_view(model, view, pad_id, batch_size, device, statistics=frozenset(kept))
         del model
         tmp = path.with_suffix(".tmp")
         save_file(tensors, tmp)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -129,25 +129,27 @@ def batch_indices(n: int, batch_size: int, seed: int, micro_step: int, rank: int
     return order[start: start + batch_size]
 
 
-def forward(model, view: View, indices: list[int], pad_id: int, device, tokens: bool = False
-            ) -> tuple[BatchLogps, dict]:
+def forward(model, view: View, indices: list[int], pad_id: int, device, statistics: frozenset[str] = frozenset(),
+            reference_model=None) -> tuple[BatchLogps, dict]:
     """Policy statistics of a micro-batch by role, and the example index of each role: one forward with
     grad for the view's trained roles (concatenated), one without grad for its no-grad roles. Every trained
-    role is present, with zero sequences when the micro-batch has none. ``tokens``: per-token log-probs too;
+    role is present, with zero sequences when the micro-batch has none. ``statistics``: what the method asks
+    for besides the sums (``methods.base.STATISTICS``; ``reference_kl`` runs ``reference_model`` too);
     a view of fresh samples (``View.scores``) adds each sequence's judge score."""
     spec = view.spec
     trained = pad_batch(view, indices, spec.roles, pad_id).to(device)
-    stats, index = sequence_logps(model, trained, tokens=tokens), dict(trained.index)
+    stats = sequence_logps(model, trained, statistics=statistics, reference=reference_model)
+    index = dict(trained.index)
     probe = pad_batch(view, indices, spec.no_grad_roles, pad_id) if spec.no_grad_roles else None
     if probe is not None:
         with torch.no_grad():
-            stats |= sequence_logps(model, probe.to(device), tokens=tokens)
+            stats |= sequence_logps(model, probe.to(device), statistics=statistics, reference=reference_model)
         index |= probe.index
     some = next(iter(stats.values()))
     for role in spec.roles:
         if role not in stats:
-            stats[role] = SeqLogps(some.sum.new_zeros(0), some.n_tokens.new_zeros(0),
-                                   some.sum.new_zeros(0, 0) if tokens else None)
+            stats[role] = SeqLogps(**{f.name: getattr(some, f.name).new_zeros((0,) * getattr(some, f.name).dim())
+                                      for f in fields(SeqLogps) if getattr(some, f.name) is not None})
             index[role] = torch.zeros(0, dtype=torch.long, device=device)
     for role, scores in view.scores.items():
         if role in stats:
@@ -157,18 +159,21 @@ def forward(model, view: View, indices: list[int], pad_id: int, device, tokens: 
 
 def train(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, pad_id: int,
           reference: ReferenceLogps | None = None, probe=None, desc: str = "train", curve=None,
-          rollout=None) -> dict:
+          rollout=None, reference_model=None) -> dict:
     """Train ``model`` in place; checkpoints and metrics.jsonl go to ``out_dir``. Resumes from
     ``out_dir/checkpoint`` when one exists. ``curve``: called as ``curve(model, step)`` at the steps
     ``curve.steps(total_steps)`` names (evaluation along training). ``rollout``: the seam for methods that
     train on fresh samples (``needs_samples``), called as ``rollout(model, indices, step)`` for each
     micro-batch of ``view``'s examples (with the unwrapped model, outside packed attention) and returning
     ``(View, ReferenceLogps | None)``: the sequences to train on, with judge scores in ``View.scores``, and
-    the reference's statistics of them. A stateful
+    the reference's statistics of them. ``reference_model``: the reference itself, for a method that asks for
+    the ``reference_kl`` statistic (its distributions are not cached: it runs beside the policy). A stateful
     method's state is threaded through its losses and saved with the optimizer. Returns the final metrics
     and compute statistics."""
     if method.needs_reference and reference is None and rollout is None:
         raise ValueError(f"method {method.name} needs reference log-probs")
+    if "reference_kl" in method.statistics and reference_model is None:
+        raise ValueError(f"method {method.name} asks for reference_kl: train() needs the reference_model")
     if method.needs_samples and rollout is None:
         raise ValueError(f"method {method.name} trains on fresh samples of the policy: train() needs a rollout")
     accelerator = make_accelerator(spec)
@@ -188,6 +193,8 @@ def train(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, pad
         enable_checkpointing(model)
     model, optimizer = accelerator.prepare(model, optimizer)  # the schedule counts optimizer steps: not prepared
     device = accelerator.device
+    if reference_model is not None:
+        reference_model = reference_model.to(device).eval().requires_grad_(False)
     log = MetricsLog(out_dir / "metrics.jsonl", start_step) if accelerator.is_main_process else None
     model.train()
     tokens, elapsed, last = progress.get("tokens", 0), progress.get("seconds", 0.0), progress.get("last", {})
@@ -215,7 +222,8 @@ def train(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, pad
                 rows = range(len(batch_view)) if method.needs_samples else indices
                 with accelerator.accumulate(model):
                     with accelerator.autocast():
-                        policy, index = forward(model, batch_view, rows, pad_id, device, method.token_level)
+                        policy, index = forward(model, batch_view, rows, pad_id, device, method.statistics,
+                                                reference_model)
                     ref = batch_ref.lookup(index, device) if batch_ref is not None else None
                     # every process scores the global micro-batch (bench.train.distributed: exact for every loss)
                     policy, ref = gather_batch(policy), gather_batch(ref)
