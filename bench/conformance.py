@@ -8,7 +8,7 @@
   strength    ``strength`` scales the fields the method marks, and they change the loss (none marked: a
               strength other than 1 is refused)
   resume      a tiny model trained 4 steps equals one stopped after its step-2 checkpoint and resumed, weights
-              and method state bit for bit
+              and method state bit for bit (an online method with a stand-in rollout: fixed samples per step)
   e2e         (--e2e) ``prefbench run`` on tiny-xs for a few steps: trained, evaluated, status done
 
 The same functions run in the test suite for every registered method (tests/test_conformance.py).
@@ -133,12 +133,16 @@ def check_strength(name: str) -> str:
         before, after = getattr(base, field), params[field]
         if after not in (before * 2, before / 2):
             raise AssertionError(f"strength 2 turned {field}={before} into {after}")
-    method, scaled = cls(), cls(**params)
     draw = lambda s: -torch.rand(s, generator=torch.Generator().manual_seed(2)) * 3  # noqa: E731
-    policy = _batch(method, draw, [2, 4], against=lambda s: draw(s) * 0.7)
-    reference = _batch(method, lambda s: draw(s) * 0.7, [2, 4]) if method.needs_reference else None
-    if torch.equal(_loss(method, policy, reference).total(), _loss(scaled, policy, reference).total()):
-        raise AssertionError(f"strength scales {', '.join(marked)} but the loss does not change")
+    outcome = []
+    for method in (cls(), cls(**params)):  # the loss and its gradient (RLOO's loss is 0 on-policy; its gradient is not)
+        leaves: list[torch.Tensor] = []
+        reference = _batch(method, lambda s: draw(s) * 0.7, [2, 4]) if method.needs_reference else None
+        total = _loss(method, _batch(method, draw, [2, 4], leaves, against=lambda s: draw(s) * 0.7), reference).total()
+        total.backward()
+        outcome.append([total.detach()] + [t.grad if t.grad is not None else torch.zeros_like(t) for t in leaves])
+    if all(torch.equal(a, b) for a, b in zip(*outcome)):
+        raise AssertionError(f"strength scales {', '.join(marked)} but neither the loss nor its gradient changes")
     return f"strength scales {', '.join(marked)}"
 
 
@@ -146,12 +150,11 @@ def check_resume(method: Method, work: Path) -> str:
     from datasets import Dataset
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from bench.data.views import build_view
+    from bench.data.views import View, build_view
+    from bench.model.logprobs import score_view
     from bench.train import refcache
     from bench.train.trainer import TrainSpec, train
 
-    if method.needs_samples:
-        return "trains on fresh samples (not checked here; see the online methods)"
     data = Dataset.from_dict({"prompt_ids": [[1, 2, 3], [1, 3, 2], [2, 1, 3], [3, 2, 1]],
                               "chosen_ids": [[4, 5, 6], [4, 6], [5, 4, 6, 7], [6, 5]],
                               "rejected_ids": [[7, 8, 9], [8, 7, 9, 10], [9, 8], [10, 9, 8]]})
@@ -166,12 +169,22 @@ def check_resume(method: Method, work: Path) -> str:
         return LlamaForCausalLM(LlamaConfig(vocab_size=16, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                             num_attention_heads=2, num_key_value_heads=2, pad_token_id=0))
 
+    def rollout(policy, indices: list[int], step: int):
+        """Stands in for sampling: the same samples and scores for the same (step, prompts), like the real one."""
+        role, k = methods.view_spec(method.view).roles[0], method.samples_per_prompt
+        examples = [{role: (view.examples[i][role][0], [4 + (step + i + j) % 9, 5 + j % 3][: 1 + (i + j) % 2])}
+                    for i in indices for j in range(k)]
+        samples = View(method.view, examples, scores={role: [float((j * 7 + step) % 5) for j in range(len(examples))]})
+        scored = score_view(model(), samples, 0, 8, "cpu", statistics=method.statistics) if method.needs_reference else None
+        return samples, None if scored is None else refcache.ReferenceLogps(scored)
+
     def run(out: Path, **kw):
         ref = refcache.cached(work / "cache", "init", view, model, 0, 8, "cpu", statistics=method.statistics)[0] \
-            if method.needs_reference else None
+            if method.needs_reference and not method.needs_samples else None
         policy = model()
         ref_model = model() if "reference_kl" in method.statistics else None
-        return policy, train(policy, method, view, spec, out, pad_id=0, reference=ref, reference_model=ref_model, **kw)
+        return policy, train(policy, method, view, spec, out, pad_id=0, reference=ref, reference_model=ref_model,
+                             rollout=rollout if method.needs_samples else None, **kw)
 
     class StopAt2:
         def steps(self, total):

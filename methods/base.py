@@ -12,7 +12,8 @@ What a method may declare, all optional but ``name``, ``view`` and ``needs_refer
   statistics      what the trainer adds to the sequence statistics, of ``STATISTICS`` (per-token log-probs,
                   prompt log-probs, vocabulary statistics); may be a property when an option decides it
   needs_samples   online: each step trains on fresh policy samples with judge scores (``SeqLogps.score``);
-                  the trainer takes them from its ``rollout`` (``bench.train.trainer.train``)
+                  the trainer takes them from its ``rollout`` (``bench.train.trainer.train``), which draws
+                  ``samples_per_prompt`` of them per prompt, consecutive in the batch (``group_scores``)
   initial_state() running state (tensors) for ``loss(policy, reference, state)``, checkpointed with the optimizer
   scaled_by_strength(...) fields that the sweep's ``strength`` scales
 """
@@ -155,6 +156,7 @@ class Method:
     init: ClassVar[Init] = "base"
     statistics: ClassVar[frozenset[str]] = frozenset()
     needs_samples: ClassVar[bool] = False
+    samples_per_prompt: ClassVar[int] = 1
 
     def initial_state(self) -> dict[str, torch.Tensor] | None:
         """A stateful method's state before its first batch; None (the default) for a stateless one."""
@@ -170,3 +172,15 @@ class Method:
         for key, value in values.items():
             if not value > 0:
                 raise ValueError(f"method.{key} must be > 0 (got {value})")
+
+
+def group_scores(seq: SeqLogps, k: int) -> torch.Tensor:
+    """An online batch's judge scores as (prompts, k): the rollout puts a prompt's k samples side by side."""
+    if seq.score is None or len(seq.score) % k:
+        raise ValueError(f"an online batch needs judge scores in groups of samples_per_prompt={k}")
+    return seq.score.view(-1, k).to(seq.sum.dtype)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per row, the mean of ``values`` over ``mask``: (B, T) -> (B,)."""
+    return (values * mask).sum(1) / mask.sum(1).clamp(min=1)

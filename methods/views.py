@@ -10,6 +10,8 @@ view (a plugin's own, registered in the plugin's file) needs no edit anywhere el
   unpaired: chosen (desirable) or rejected (undesirable), plus the no-grad role mismatched: the prompt with
             the completion of an example of another prompt (``partners``: seeded, so its reference log-probs
             cache like the rest)
+  online:   samples: one example per distinct prompt of the data (its completion unused); the trainer trains
+            on the rollout's fresh samples of those prompts, ``samples_per_prompt`` consecutive ones per prompt
 """
 from __future__ import annotations
 
@@ -102,7 +104,18 @@ def _unpaired(kind: str, c: Columns, seed: int) -> list[dict[str, Seq]]:
              "mismatched": (prompts[i], completions[partner[i]])} for i in range(len(prompts))]
 
 
+def _online(kind: str, c: Columns, seed: int) -> list[dict[str, Seq]]:
+    seen, out = set(), []
+    completions = c["chosen_ids"] if kind == "paired" else c["completion_ids"]
+    for prompt, completion in zip(c["prompt_ids"], completions):
+        if tuple(prompt) not in seen:
+            seen.add(tuple(prompt))
+            out.append({"samples": (prompt, completion)})
+    return out
+
+
 register_view(ViewSpec("paired", ("chosen", "rejected"), _paired, margin=("chosen", "rejected")))
 register_view(ViewSpec("sft", ("chosen",), _sft, kinds=("paired", "unpaired")))
 register_view(ViewSpec("unpaired", ("chosen", "rejected"), _unpaired, kinds=("paired", "unpaired"),
                        no_grad_roles=("mismatched",)))
+register_view(ViewSpec("online", ("samples",), _online, kinds=("paired", "unpaired")))

@@ -36,6 +36,7 @@ from bench.data.views import build_view
 from bench.eval.curve import CURVE_DIR, CurveSampler
 from bench.eval.evaluate import evaluate
 from bench.eval.judges import make_judging
+from bench.eval.rollout import Rollout
 from bench.eval.spec import EvalSpec
 from bench.io.errors import UserError
 from bench.io.faults import kill_point
@@ -62,9 +63,6 @@ def check_job(cfg: DictConfig) -> None:
     if cfg.fault not in FAULTS:
         raise UserError(f"fault={cfg.fault!r} is unknown; allowed: {', '.join(FAULTS)}")
     validate(cfg)
-    if method_from_config(cfg.method, cfg.strength).needs_samples:
-        raise UserError(f"method={cfg.method.name} trains on fresh samples of the policy (online); a job has no "
-                        f"rollout for it yet (bench.train.trainer.train takes one)")
 
 
 def run_job(cfg: DictConfig, run_dir: str | Path) -> dict:
@@ -135,18 +133,24 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict:
     model = build_policy(cfg, start)
     device = default_device()
     reference, ref_hit = None, None
-    if method.needs_reference:  # the reference is the policy's init; with LoRA, the same weights minus adapters
+    if method.needs_reference and not method.needs_samples:  # the policy's init; with LoRA, the weights minus adapters
         lora = bool(cfg.model.get("lora"))
         reference, ref_hit = refcache.cached(
             cfg.cache_dir, stage_key("ref", {"start": str(start)}), view,
             (lambda: model) if lora else (lambda: load_model(start)), group.pad_id, 64, device,
             context=model.disable_adapter if lora else contextlib.nullcontext, statistics=method.statistics)
-    ref_model = None
-    if "reference_kl" in method.statistics:  # its distributions are not cached: the reference runs beside the policy
+    ref_model, rollout, judging = None, None, make_judging(cfg, group)
+    # the reference runs beside the policy: its distributions are not cached, or it scores fresh samples
+    if "reference_kl" in method.statistics or (method.needs_samples and method.needs_reference):
         if cfg.model.get("lora"):
             raise UserError(f"method {method.name} runs the reference beside the policy, "
                             "which LoRA runs do not support yet")
-        ref_model = load_model(start)
+        ref_model = load_model(start).to(device).eval()
+    if method.needs_samples:
+        train_rows = group.data.train
+        rollout = Rollout(method, view, dict(zip(map(tuple, train_rows["prompt_ids"]), train_rows["prompt"])),
+                          group.tokenizer, judging.judge, eval_spec.sampling, ref_model,
+                          int(cfg.seed), device)
     if cfg.fault == "nan_loss":
         with torch.no_grad():
             for p in model.parameters():
@@ -157,7 +161,8 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict:
         if group.data.kind == "paired" else None
     stats = train(model, method, view, run_spec(cfg, init), run_dir, group.pad_id, reference,
                   logprob_probe(probe_view, group.pad_id) if probe_view else None, desc=run_dir.name,
-                  curve=CurveSampler(eval_spec, group, run_dir), reference_model=ref_model)
+                  curve=CurveSampler(eval_spec, group, run_dir), rollout=rollout,
+                  reference_model=ref_model if "reference_kl" in method.statistics else None)
     size = n_params(model)
     summary = {
         "init": init, "n_params": size, **{f"method/{k}": v for k, v in vars(method).items()},
@@ -169,8 +174,12 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict:
         "cost/base_stage_seconds": stage_info(group.base).get("seconds"),
         "cost/sft_stage_seconds": stage_info(group.sft_stage()).get("seconds") if init == "sft" else None,
     }
+    if rollout is not None:  # forward FLOPs ~ 2 N per token: sampling (prefill + new tokens) and reference scoring
+        summary |= {"cost/rollout_generated_tokens": rollout.generated_tokens,
+                    "cost/rollout_flops": 2 * size * (rollout.prompt_tokens + rollout.generated_tokens
+                                                      + rollout.reference_tokens)}
     c0 = time.process_time()
-    summary |= evaluate(eval_spec, group, model, run_dir, make_judging(cfg, group), stats["optimizer_steps"])
+    summary |= evaluate(eval_spec, group, model, run_dir, judging, stats["optimizer_steps"])
     summary["cost/eval_cpu_seconds"] = time.process_time() - c0
     summary |= {"cost/peak_memory_mb": peak_memory_mb(), "cost/peak_memory_how": memory_how}
     return summary
