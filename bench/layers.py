@@ -23,7 +23,7 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("job", "a config -> a run folder; sweeps",
      ("config", "pipeline", "run", "reeval", "sweep")),
     ("perf", "the trainer against TRL's on identical inputs",
-     ("inputs", "sides", "trl_adapters", "measure", "plot")),
+     ("inputs", "sides", "online", "trl_adapters", "measure", "plot")),
     ("report", "statistics, tables, plots, the HTML page",
      ("stats", "tables", "plots", "frontier_tables", "frontier_plots", "build", "tuning")),
 )

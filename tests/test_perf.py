@@ -71,4 +71,18 @@ def test_every_trl_adapter_is_a_registered_method():
     import methods
     from bench.perf.trl_adapters import ADAPTERS
     assert set(ADAPTERS) <= set(methods.registry())
-    assert len(ADAPTERS) == 23  # every method TRL 1.16 implements; the others are measured alone
+    assert len(ADAPTERS) == 26  # every method TRL 1.16 implements; the others are measured alone
+
+
+@pytest.mark.slow  # TRL's GRPOTrainer and RLOOTrainer end to end
+def test_online_perf_times_whole_steps_on_both_sides(tmp_path):
+    out = prefbench("perf", "methods=[grpo,rloo]", "steps=2", "reps=1", "batch_size=2", "hidden=32", "layers=1",
+                    "vocab=512", "max_new_tokens=8", f"out={tmp_path}").stdout
+    assert "grpo: prefbench's step: sampling" in out
+    saved = json.loads(next(tmp_path.glob("perf-*.json")).read_text())
+    table = {r["method"]: r for r in saved["table"]}
+    assert table["grpo"]["trl_trainer"] == "GRPOTrainer" and table["rloo"]["trl_trainer"] == "RLOOTrainer"
+    for method in ("grpo", "rloo"):  # 2 steps x 2 prompts x 4 samples of at most 8 new tokens, on each side
+        for impl in ("prefbench", "trl"):
+            trial = saved["trials"][method][impl][0]
+            assert 0 < trial["generated_tokens"] <= 2 * 2 * 4 * 8 and trial["tokens"] > trial["generated_tokens"]

@@ -176,6 +176,7 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict:
     }
     if rollout is not None:  # forward FLOPs ~ 2 N per token: sampling (prefill + new tokens) and reference scoring
         summary |= {"cost/rollout_generated_tokens": rollout.generated_tokens,
+                    **{f"cost/rollout_{k}_seconds": v for k, v in rollout.seconds.items()},
                     "cost/rollout_flops": 2 * size * (rollout.prompt_tokens + rollout.generated_tokens
                                                       + rollout.reference_tokens)}
     c0 = time.process_time()

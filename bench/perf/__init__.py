@@ -4,13 +4,16 @@
                    [hidden=256] [layers=4] [vocab=2048] [lr=1e-4] [beta=0.1] [threads=2]
                    [gradient_checkpointing=true] [packing=true] [profile=false] [data=reviews|hh]
                    [hh_path=../shared/data/hh-rlhf-harmless-base/test.jsonl.gz] [out=results/perf]
+                   [samples=4] [max_new_tokens=64]
 
 For each method, trials alternate prefbench / TRL for ``reps`` repetitions, each in a fresh process (so
 peak memory is per trial). Both start from the same random-init Llama, see the same rows in the same order
 (no shuffling), with AdamW at a constant learning rate, clipping at 1.0, no warm-up, and reference
 log-probs precomputed before training on both sides. Each side's tokens/s is the tokens it trains over the
 wall time of its training call; CPU seconds and the load average are recorded beside it, and contended
-trials are flagged. TRL's trainer for a method comes from ``bench.perf.trl_adapters``; a method without
+trials are flagged. Online methods (grpo, rloo) are timed over whole steps, sampling included
+(``bench.perf.online``): ``samples`` per prompt of at most ``max_new_tokens`` tokens, scored by the review task's
+gold reward. TRL's trainer for a method comes from ``bench.perf.trl_adapters``; a method without
 an adapter (a plugin) is measured on prefbench alone. data=reviews: the built-in review task, lengthened
 to 50-256 tokens; data=hh: real HH-RLHF rows, only those that fit in seq_len untruncated (the two
 trainers truncate differently, and inputs must be identical).
@@ -37,7 +40,7 @@ DEFAULTS = {"methods": ["sft", "dpo", "ipo", "kto", "orpo"], "steps": 20, "reps"
             "packing": True,  # prefbench's padding-free forwards (false: length groups), for ablation
             "profile": False,  # torch.profiler tables of each side's training, saved beside the JSON
             "data": "reviews", "hh_path": "../shared/data/hh-rlhf-harmless-base/test.jsonl.gz",
-            "out": "results/perf"}
+            "out": "results/perf", "samples": 4, "max_new_tokens": 64}
 USAGE = __doc__.split("\n\n")[1]
 
 
@@ -96,6 +99,9 @@ def summarise(method: str, by: dict[str, list[dict]], cores: int) -> dict:
         row[f"{impl}_final_loss"] = trials[0]["losses"][-1]
         row[f"{impl}_tokens"] = trials[0]["tokens"]
         row[f"{impl}_contention"] = contention(trials, cores)
+        if "rollout_seconds" in trials[0]:  # online: the median trial's split of its step
+            median = sorted(trials, key=lambda t: t["seconds"])[len(trials) // 2]
+            row[f"{impl}_rollout_share"] = {k: v / median["seconds"] for k, v in median["rollout_seconds"].items()}
     if "trl" in by:
         row["speed_ratio"] = row["prefbench_tokens_per_s"] / row["trl_tokens_per_s"]
         row["time_ratio"] = row["trl_seconds"] / row["prefbench_seconds"]  # the same rows and steps
@@ -142,6 +148,9 @@ def main(args: list[str]) -> int:
               f"{r.get('speed_ratio', nan):6.2f} {r.get('time_ratio', nan):10.2f} {r['prefbench_peak_mb']:8.1f} "
               f"{r.get('trl_peak_mb', nan):8.1f} {r['prefbench_final_loss']:8.4f} {r.get('trl_final_loss', nan):8.4f} "
               f"{r.get('step_cost_vs_orpo', nan):9.2f}")
+        if "prefbench_rollout_share" in r:
+            parts = ", ".join(f"{k} {v:.0%}" for k, v in r["prefbench_rollout_share"].items())
+            print(f"  {r['method']}: prefbench's step: {parts}, the update (forward, backward, optimizer) the rest")
         for impl in ("prefbench", "trl"):
             if r.get(f"{impl}_contention"):
                 print(f"  warning: {r['method']} {impl} trials look contended ({r[f'{impl}_contention']}); "

@@ -11,9 +11,11 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from bench.perf import online
 from bench.perf.inputs import rows, setup
 from bench.perf.measure import PeakRSS, profiled, timed
 from bench.perf.trl_adapters import ADAPTERS, paired
+from methods import registry
 
 
 def method_params(cfg, method: str) -> dict:
@@ -24,6 +26,8 @@ def method_params(cfg, method: str) -> dict:
 
 
 def run_prefbench(cfg, method: str) -> dict:
+    if registry()[method].needs_samples:
+        return online.run_prefbench(cfg, method, method_params(cfg, method))
     from bench.data.prepare import tokenize
     from bench.data.views import build_view
     from bench.model.logprobs import score_view
@@ -53,6 +57,8 @@ def run_prefbench(cfg, method: str) -> dict:
 
 
 def run_trl(cfg, method: str) -> dict:
+    if registry()[method].needs_samples:
+        return online.run_trl(cfg, method, method_params(cfg, method))
     import torch
     from datasets import Dataset
     from torch.utils.data import SequentialSampler

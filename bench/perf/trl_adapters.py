@@ -85,4 +85,9 @@ ADAPTERS: dict[str, Adapter] = {
     "alphapo": cpo_trainer(loss_type="simpo", simpo_gamma=1.0, alpha=0.25, cpo_alpha=0.0),
     "cpo": cpo_trainer(loss_type="sigmoid", cpo_alpha=1.0),
     "slic": cpo_trainer(loss_type="hinge", cpo_alpha=0.1),
+    "wpo": dpo_trainer(loss_type=["sigmoid"], use_weighting=True),
+    # online: a whole step (sampling, judging, the reference's pass, the update), bench/perf/online.py
+    "grpo": Adapter("trl:GRPOTrainer", "trl:GRPOConfig", "GRPOTrainer",
+                    config_kwargs={"loss_type": "grpo", "scale_rewards": "group", "use_bias_correction_kl": False}),
+    "rloo": Adapter("trl:RLOOTrainer", "trl:RLOOConfig", "RLOOTrainer", config_kwargs={"normalize_advantages": False}),
 }
