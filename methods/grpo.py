@@ -66,7 +66,8 @@ class GRPO(Method):
         if self.beta < 0:
             raise ValueError(f"method.beta must be >= 0 (got {self.beta})")
         if self.samples_per_prompt < 2:
-            raise ValueError(f"method.samples_per_prompt must be >= 2 for a group baseline (got {self.samples_per_prompt})")
+            raise ValueError(f"method.samples_per_prompt must be >= 2 for a group baseline "
+                             f"(got {self.samples_per_prompt})")
         if self.loss_type not in LOSS_TYPES:
             raise ValueError(f"method.loss_type must be one of {', '.join(LOSS_TYPES)} (got {self.loss_type!r})")
 

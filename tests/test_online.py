@@ -1,6 +1,5 @@
 """The online methods (GRPO, RLOO, online DPO): their losses against hand-computed values, their training on a tiny
 bandit through the real rollout (sampling, judge, reference), and an exact resume."""
-import copy
 import math
 
 import pytest
@@ -10,7 +9,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 import methods
-from bench.data.views import View, build_view
+from bench.data.views import build_view
 from bench.eval.rollout import Rollout
 from bench.eval.sampling import generate
 from bench.eval.spec import SamplingSpec
@@ -51,7 +50,8 @@ def test_grpo_is_the_group_relative_objective(loss_type, scale):
             expected.append(sum(per_token) / len(per_token))
             total, tokens = total + sum(per_token), tokens + len(per_token)
     want = sum(expected) / len(expected) if loss_type == "grpo" else total / (8 * cap)
-    method = methods.build_method("grpo", beta=beta, loss_type=loss_type, scale_rewards=scale, max_completion_length=cap)
+    method = methods.build_method("grpo", beta=beta, loss_type=loss_type, scale_rewards=scale,
+                                  max_completion_length=cap)
     out = method.loss(BatchLogps(samples=seqs(TOKENS, SCORES)), BatchLogps(samples=seqs(REF)))
     assert float(out.total()) == pytest.approx(want, abs=1e-12)
 
@@ -61,7 +61,8 @@ def test_grpo_gradient_is_the_advantage_times_the_score_function():
     policy = seqs(TOKENS, SCORES)
     leaf = policy.tokens.clone().requires_grad_(True)
     policy = SeqLogps(policy.sum, policy.n_tokens, leaf, policy.score)
-    methods.build_method("grpo", beta=0.0).loss(BatchLogps(samples=policy), BatchLogps(samples=seqs(REF))).total().backward()
+    reference = BatchLogps(samples=seqs(REF))
+    methods.build_method("grpo", beta=0.0).loss(BatchLogps(samples=policy), reference).total().backward()
     group = SCORES[:4]
     adv0 = (group[0] - sum(group) / 4) / (std(group) + 1e-4)
     assert float(leaf.grad[0, 0]) == pytest.approx(-adv0 / 2 / 8, abs=1e-12)
@@ -85,10 +86,11 @@ def test_online_dpo_trains_the_judges_pick_and_skips_ties():
     scores = [1.0, 0.0, 0.5, 0.5, -1.0, 2.0, 0.0, 0.0]  # pairs: first wins, tie, second wins, tie
     sums, ref_sums = [sum(t) for t in TOKENS], [sum(t) for t in REF]
     h = [sums[i] - ref_sums[i] for i in range(8)]
-    expected = [-math.log(1 / (1 + math.exp(-0.1 * (h[0] - h[1])))), -math.log(1 / (1 + math.exp(-0.1 * (h[5] - h[4]))))]
-    out = methods.build_method("online_dpo").loss(BatchLogps(samples=seqs(TOKENS, scores)), BatchLogps(samples=seqs(REF)))
+    expected = [math.log1p(math.exp(-0.1 * (h[0] - h[1]))), math.log1p(math.exp(-0.1 * (h[5] - h[4])))]
+    reference = BatchLogps(samples=seqs(REF))
+    out = methods.build_method("online_dpo").loss(BatchLogps(samples=seqs(TOKENS, scores)), reference)
     assert float(out.total()) == pytest.approx(sum(expected) / 2, abs=1e-12)
-    tied = methods.build_method("online_dpo").loss(BatchLogps(samples=seqs(TOKENS, [0.0] * 8)), BatchLogps(samples=seqs(REF)))
+    tied = methods.build_method("online_dpo").loss(BatchLogps(samples=seqs(TOKENS, [0.0] * 8)), reference)
     assert float(tied.total()) == 0.0
 
 
@@ -106,8 +108,9 @@ def tok():
 
 def bandit_model():
     torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=len(WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                        num_attention_heads=2, num_key_value_heads=2, pad_token_id=0, eos_token_id=1))
+    return LlamaForCausalLM(LlamaConfig(vocab_size=len(WORDS), hidden_size=32, intermediate_size=64,
+                                        num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+                                        pad_token_id=0, eos_token_id=1))
 
 
 class ShareOfA:

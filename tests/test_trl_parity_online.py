@@ -65,7 +65,8 @@ def test_grpo_matches_trl(tok, model, tmp_path, loss_type, scale, correction):
 
     reference, policy_path = moved(model, tmp_path / "policy")
     args = GRPOConfig(output_dir=str(tmp_path), beta=0.04, num_generations=K, per_device_train_batch_size=K * 2,
-                      loss_type=loss_type, scale_rewards=scale, use_bias_correction_kl=correction, max_completion_length=6, report_to=[], use_cpu=True, bf16=False,
+                      loss_type=loss_type, scale_rewards=scale, use_bias_correction_kl=correction,
+                      max_completion_length=6, report_to=[], use_cpu=True, bf16=False,
                       disable_tqdm=True)
     trainer = GRPOTrainer(model=policy_path, reward_funcs=lambda completions, **kw: [0.0] * len(completions), args=args,
                           train_dataset=Dataset.from_list([{"prompt": "a"}] * 8), processing_class=tok)

@@ -63,6 +63,7 @@ def check_job(cfg: DictConfig) -> None:
     if cfg.fault not in FAULTS:
         raise UserError(f"fault={cfg.fault!r} is unknown; allowed: {', '.join(FAULTS)}")
     validate(cfg)
+    method_from_config(cfg.method, cfg.strength)  # a bad method setting is refused here, before any folder
 
 
 def run_job(cfg: DictConfig, run_dir: str | Path) -> dict:
@@ -164,21 +165,23 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict:
                   curve=CurveSampler(eval_spec, group, run_dir), rollout=rollout,
                   reference_model=ref_model if "reference_kl" in method.statistics else None)
     size = n_params(model)
+    # forward FLOPs ~ 2 N per token: an online run's sampling (prefill + new tokens) and the reference's scoring
+    rollout_flops = 0 if rollout is None else 2 * size * (rollout.prompt_tokens + rollout.generated_tokens
+                                                          + rollout.reference_tokens)
     summary = {
         "init": init, "n_params": size, **{f"method/{k}": v for k, v in vars(method).items()},
         "reference_cache_hit": ref_hit, "resumed_from_step": stats["resumed_from_step"],
         **{f"data/{k}": v for k, v in counts.items()},
         **{f"train/{k}": v for k, v in stats["final"].items()},
         "cost/train_seconds": stats["train_seconds"], "cost/train_tokens_per_s": stats["tokens_per_s"],
-        **training_cost(size, stats, stage_info(group.sft_stage()).get("train") if init == "sft" else None),
+        **training_cost(size, stats, stage_info(group.sft_stage()).get("train") if init == "sft" else None,
+                        rollout_flops),
         "cost/base_stage_seconds": stage_info(group.base).get("seconds"),
         "cost/sft_stage_seconds": stage_info(group.sft_stage()).get("seconds") if init == "sft" else None,
     }
-    if rollout is not None:  # forward FLOPs ~ 2 N per token: sampling (prefill + new tokens) and reference scoring
-        summary |= {"cost/rollout_generated_tokens": rollout.generated_tokens,
-                    **{f"cost/rollout_{k}_seconds": v for k, v in rollout.seconds.items()},
-                    "cost/rollout_flops": 2 * size * (rollout.prompt_tokens + rollout.generated_tokens
-                                                      + rollout.reference_tokens)}
+    if rollout is not None:
+        summary |= {"cost/rollout_generated_tokens": rollout.generated_tokens, "cost/rollout_flops": rollout_flops,
+                    **{f"cost/rollout_{k}_seconds": v for k, v in rollout.seconds.items()}}
     c0 = time.process_time()
     summary |= evaluate(eval_spec, group, model, run_dir, judging, stats["optimizer_steps"])
     summary["cost/eval_cpu_seconds"] = time.process_time() - c0

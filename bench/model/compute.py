@@ -49,14 +49,15 @@ def peak_memory_mb() -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
 
-def training_cost(n_params: int, run: dict, init_stage: dict | None) -> dict:
+def training_cost(n_params: int, run: dict, init_stage: dict | None, rollout_flops: int = 0) -> dict:
     """Cost keys of one run from its trainer statistics ``run`` and those of its init stage (None when
-    it starts from the base model): this run's own training and the totals including the stage."""
+    it starts from the base model): this run's own training and the totals including the stage and, for an
+    online run, its rollouts' sampling and reference scoring (``rollout_flops``)."""
     stage = init_stage or {}
     own = {"tokens": run["train_tokens"], "steps": run["optimizer_steps"], "cpu": run["train_cpu_seconds"]}
     total = {k: v + stage.get(key, 0) for (k, v), key in
              zip(own.items(), ("train_tokens", "optimizer_steps", "train_cpu_seconds"))}
     return {"cost/train_tokens": own["tokens"], "cost/train_flops": 6 * n_params * own["tokens"],
             "cost/optimizer_steps": own["steps"], "cost/train_cpu_seconds": own["cpu"],
-            "cost/total_train_tokens": total["tokens"], "cost/total_train_flops": 6 * n_params * total["tokens"],
+            "cost/total_train_tokens": total["tokens"], "cost/total_train_flops": 6 * n_params * total["tokens"] + rollout_flops,
             "cost/total_optimizer_steps": total["steps"], "cost/total_train_cpu_seconds": total["cpu"]}
