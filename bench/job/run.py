@@ -9,8 +9,9 @@
           init_checkpoint        pipeline: start from the base model or the group's SFT stage
           build_policy           pipeline: load it (+ LoRA adapters)
           refcache.cached        the reference's log-probs, once per (start, view)
-          train                  trainer: the loop, checkpoints, CurveSampler points along training
           make_judging           judges: the run's judge (+ the gold reward beside a proxy)
+          Rollout                online methods: fresh samples, judged, scored by the reference
+          train                  trainer: the loop, checkpoints, CurveSampler points along training
           evaluate               EvalSpec: samples, judge, win rates, KL, diversity -> samples.jsonl, prompts.jsonl
       summary.json               status done / failed with its error; cost/* and eval/* keys
 
