@@ -27,7 +27,8 @@ class Rollout:
 
     def __init__(self, method, prompts: View, prompt_texts: dict[tuple, object], tokenizer, judge,
                  sampling: SamplingSpec, reference, seed: int, device):
-        self.method, self.prompts, self.texts, self.tokenizer, self.judge = method, prompts, prompt_texts, tokenizer, judge
+        self.method, self.prompts, self.texts = method, prompts, prompt_texts
+        self.tokenizer, self.judge = tokenizer, judge
         self.sampling = replace(sampling, samples_per_prompt=method.samples_per_prompt)
         self.reference, self.seed, self.device = reference, seed, device
         self.generated_tokens = self.prompt_tokens = self.reference_tokens = 0

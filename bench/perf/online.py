@@ -18,7 +18,6 @@ from bench.perf.inputs import rows, setup
 from bench.perf.measure import PeakRSS, profiled, timed
 
 
-
 class GoldReward:
     """The review task's gold reward of (rendered prompt, completion text); a judge (``score``) and a TRL reward
     function (``__call__``) at once."""
@@ -53,17 +52,20 @@ def prompts(cfg, tok) -> tuple[list[str], dict[str, str]]:
 
 def run_prefbench(cfg, method: str, params: dict) -> dict:
     import copy
+    import dataclasses
 
     from bench.data.views import View
     from bench.eval.rollout import Rollout
     from bench.eval.spec import SamplingSpec
     from bench.model.models import n_params
     from bench.train.trainer import TrainSpec, train
-    from methods import build_method
+    from methods import build_method, registry
 
     tok, model = setup(cfg, rows(cfg))
     texts, users = prompts(cfg, tok)
-    m = build_method(method, **params, samples_per_prompt=int(cfg.samples))
+    if "samples_per_prompt" in {f.name for f in dataclasses.fields(registry()[method])}:
+        params = params | {"samples_per_prompt": int(cfg.samples)}  # else the method fixes it (online DPO: 2)
+    m = build_method(method, **params)
     ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
     view = View("online", [{"samples": (p, [tok.eos_token_id])} for p in ids])
     sampling = SamplingSpec(1.0, 1.0, int(cfg.samples), int(cfg.batch_size), int(cfg.max_new_tokens))
@@ -72,7 +74,7 @@ def run_prefbench(cfg, method: str, params: dict) -> dict:
     spec = TrainSpec(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup_ratio=0.0, scheduler="constant",
                      log_every=1, shuffle=False, progress=False, save_final=False, packing=bool(cfg.packing),
                      gradient_checkpointing=bool(cfg.gradient_checkpointing))
-    out = {"params": params | {"samples_per_prompt": int(cfg.samples)}, "n_params": n_params(model), "vocab": len(tok)}
+    out = {"params": params, "n_params": n_params(model), "vocab": len(tok)}
     with tempfile.TemporaryDirectory() as tmp:
         with PeakRSS() as mem, profiled(cfg, "prefbench", method), timed(out):
             stats = train(model, m, view, spec, Path(tmp), tok.pad_token_id, rollout=rollout)
