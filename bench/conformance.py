@@ -55,6 +55,8 @@ def _batch(method: Method, draw: Callable[[tuple[int, ...]], torch.Tensor], leng
             ref = (against(tokens.shape) if against is not None else tokens.detach()).float().clamp(max=-1e-6)
             kl = ref.exp() * (ref - tokens) + (-ref.expm1()) * (_log1mexp(ref) - _log1mexp(tokens))
             extra["token_kl"] = kl * mask
+        if "values" in asked:  # a value head's estimates, a leaf of their own (not in ``leaves``)
+            extra["values"] = (tokens.detach() * 0.5 + 0.25).requires_grad_(tokens.requires_grad) * mask
         score = torch.linspace(-1, 1, ROLES_B) if method.needs_samples else None
         roles[role] = SeqLogps(masked.sum(1), n, score=score, **extra)
     return BatchLogps(**roles)

@@ -35,6 +35,9 @@ STATISTICS = {  # what a method may ask the trainer for besides S(y) and n(y), a
     "collision": "per completion token, log sum_v pi(v | x, y_<t)^2 over the vocabulary (token_collision)",
     "reference_kl": "per completion token, KL(pi_ref(.|x, y_<t) || pi(.|x, y_<t)) over the vocabulary, the "
                     "policy's (token_kl); the trainer runs the reference model beside the policy",
+    "values": "per completion token, V(x, y_<t) of a value head on the policy's last hidden state where y_t is "
+              "predicted, the policy's (values); the trainer owns the head (optimised and checkpointed with the "
+              "policy, never saved into it)",
 }
 
 
@@ -44,7 +47,8 @@ class SeqLogps:
 
     ``sum`` is S(y) = sum_t log pi(y_t | x, y_<t); ``n_tokens`` is n(y); ``mean`` is A(y) = S(y)/n(y).
     Per-token fields are (B, T), right-padded with 0 (``mask``): ``tokens`` log pi(y_t | x, y_<t);
-    ``token_collision`` log sum_v pi(v | x, y_<t)^2; ``token_kl`` KL(pi_ref || pi) at each position.
+    ``token_collision`` log sum_v pi(v | x, y_<t)^2; ``token_kl`` KL(pi_ref || pi) at each position;
+    ``values`` the value head's V(x, y_<t).
     ``prompt_sum``, ``prompt_n_tokens``: the same over the prompt tokens after the first.
     ``score`` (online methods only): the judge's score of each sequence.
     """
@@ -57,6 +61,7 @@ class SeqLogps:
     prompt_n_tokens: torch.Tensor | None = None
     token_collision: torch.Tensor | None = None
     token_kl: torch.Tensor | None = None
+    values: torch.Tensor | None = None
 
     @property
     def mean(self) -> torch.Tensor:
@@ -65,7 +70,8 @@ class SeqLogps:
     @property
     def mask(self) -> torch.Tensor:
         """(B, T) True at the completion tokens of the per-token fields."""
-        per_token = next((t for t in (self.tokens, self.token_collision, self.token_kl) if t is not None), None)
+        per_token = next((t for t in (self.tokens, self.token_collision, self.token_kl, self.values)
+                          if t is not None), None)
         width = 0 if per_token is None else per_token.shape[1]
         return torch.arange(width, device=self.n_tokens.device)[None] < self.n_tokens[:, None]
 
@@ -184,3 +190,9 @@ def group_scores(seq: SeqLogps, k: int) -> torch.Tensor:
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Per row, the mean of ``values`` over ``mask``: (B, T) -> (B,)."""
     return (values * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+def k3(policy: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Schulman's unbiased, non-negative per-token estimator of KL(pi_theta || pi_ref) on samples of pi_theta."""
+    d = reference - policy
+    return d.exp() - d - 1

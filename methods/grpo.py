@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from methods import register, scaled_by_strength
-from methods.base import BatchLogps, LossOutput, Method, group_scores, masked_mean
+from methods.base import BatchLogps, LossOutput, Method, group_scores, k3, masked_mean
 
 LOSS_TYPES = ("grpo", "dr_grpo")
 
@@ -33,12 +33,6 @@ def group_advantages(scores: torch.Tensor, scale: bool) -> torch.Tensor:
     if scale:
         adv = adv / (scores.std(1, keepdim=True) + 1e-4)
     return adv.reshape(-1)
-
-
-def k3(policy: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Schulman's unbiased, non-negative per-token estimator of KL(pi_theta || pi_ref) on samples of pi_theta."""
-    d = reference - policy
-    return d.exp() - d - 1
 
 
 @register

@@ -143,7 +143,7 @@ def bandit(method, tok, out_dir, steps=30, curve=None, **kw):
     return model, stats, rollout
 
 
-@pytest.mark.parametrize("name", ["grpo", "rloo", "online_dpo"])
+@pytest.mark.parametrize("name", ["grpo", "rloo", "online_dpo", "ppo"])
 def test_each_online_method_raises_the_expected_reward_on_a_bandit(name, tok, tmp_path):
     before = expected_reward(bandit_model(), tok)
     model, stats, rollout = bandit(methods.build_method(name), tok, tmp_path)
@@ -152,7 +152,8 @@ def test_each_online_method_raises_the_expected_reward_on_a_bandit(name, tok, tm
     assert rollout.generated_tokens > 0 and stats["train_tokens"] > 0
 
 
-def test_an_online_run_resumes_exactly_sampling_included(tok, tmp_path):
+def straight_and_resumed(method, tok, tmp_path):
+    """The same 4-step run twice: straight, and stopped after its step-2 checkpoint then resumed."""
     class StopAt2:
         def steps(self, total):
             return {2}
@@ -160,10 +161,14 @@ def test_an_online_run_resumes_exactly_sampling_included(tok, tmp_path):
         def __call__(self, model, step):
             raise RuntimeError("stopped")
 
-    method = methods.build_method("grpo")
     straight, *_ = bandit(method, tok, tmp_path / "straight", steps=4, checkpoint_every=2)
     with pytest.raises(RuntimeError, match="stopped"):
         bandit(method, tok, tmp_path / "resumed", steps=4, checkpoint_every=2, curve=StopAt2())
     resumed, stats, _ = bandit(method, tok, tmp_path / "resumed", steps=4, checkpoint_every=2)
     assert stats["resumed_from_step"] == 2
+    return straight, resumed
+
+
+def test_an_online_run_resumes_exactly_sampling_included(tok, tmp_path):
+    straight, resumed = straight_and_resumed(methods.build_method("grpo"), tok, tmp_path)
     assert all(torch.equal(p, q) for p, q in zip(straight.parameters(), resumed.parameters()))

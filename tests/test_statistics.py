@@ -9,16 +9,19 @@ import torch
 import methods
 from bench.data.views import build_view, pad_batch
 from bench.model.logprobs import CACHEABLE, sequence_logps
+from bench.model.models import make_value_head
 from bench.train import refcache
 from bench.train.trainer import TrainSpec, forward, train
 from tests.test_trl_parity import PAIRS, ROWS, logps, model, tok  # noqa: F401
 
 
-def full(model, batch):
-    """(B, L-1, V) log-softmax of the next token at every position, and the log-prob of the actual one."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1].float()
-    vocab = torch.log_softmax(logits, -1)
-    return vocab, vocab.gather(-1, batch.input_ids[:, 1:, None])[..., 0]
+def full(model, batch, value_head=None):
+    """(B, L-1, V) log-softmax of the next token at every position, the log-prob of the actual one, and with
+    ``value_head`` its value of the last hidden state at every position."""
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True)
+    vocab = torch.log_softmax(out.logits[:, :-1].float(), -1)
+    values = value_head(out.hidden_states[-1][:, :-1])[..., 0] if value_head is not None else None
+    return vocab, vocab.gather(-1, batch.input_ids[:, 1:, None])[..., 0], values
 
 
 def per_token(values, mask):
@@ -32,9 +35,9 @@ def per_token(values, mask):
 def layout(request):
     from bench.model.packing import packed_attention
 
-    def run(model, batch, statistics, reference=None):
+    def run(model, batch, statistics, reference=None, value_head=None):
         with packed_attention(model, enabled=request.param == "packed"):
-            return sequence_logps(model, batch, statistics=statistics, reference=reference)
+            return sequence_logps(model, batch, statistics=statistics, reference=reference, value_head=value_head)
     return run
 
 
@@ -45,15 +48,17 @@ def test_every_statistic_is_its_definition_on_full_logits(model, tok, layout):
         for p in reference.parameters():
             p.add_(0.1 * torch.randn_like(p))
     batch = pad_batch(PAIRS, [0, 1, 2], ("chosen", "rejected"), tok.pad_token_id)
-    stats = layout(model, batch, frozenset(methods.base.STATISTICS), reference)
-    vocab, token = full(model, batch)
-    ref_vocab, _ = full(reference, batch)
+    head = make_value_head(model, 0)
+    stats = layout(model, batch, frozenset(methods.base.STATISTICS), reference, head)
+    vocab, token, values = full(model, batch, head)
+    ref_vocab, *_ = full(reference, batch)
     completion = batch.completion_mask[:, 1:]
     prompt = batch.attention_mask[:, 1:] * (1 - completion)
     expected = {
         "tokens": per_token(token, completion),
         "token_collision": per_token(torch.logsumexp(2 * vocab, -1), completion),
         "token_kl": per_token((ref_vocab.exp() * (ref_vocab - vocab)).sum(-1), completion),
+        "values": per_token(values, completion),
         "prompt_sum": (token * prompt).sum(1),
         "prompt_n_tokens": prompt.sum(1),
     }
@@ -71,15 +76,17 @@ def test_every_statistic_is_its_definition_on_full_logits(model, tok, layout):
 def test_statistics_carry_gradients_and_cost_nothing_unasked(model, tok):
     batch = pad_batch(PAIRS, [0, 1, 2], ("chosen", "rejected"), tok.pad_token_id)
     plain = sequence_logps(model, batch)["chosen"]
-    assert all(getattr(plain, f) is None for f in ("tokens", "prompt_sum", "token_collision", "token_kl"))
-    stats = sequence_logps(model, batch, statistics={"prompt", "collision", "reference_kl"},
-                           reference=copy.deepcopy(model))["chosen"]
-    for field in ("prompt_sum", "token_collision", "token_kl"):
+    assert all(getattr(plain, f) is None for f in ("tokens", "prompt_sum", "token_collision", "token_kl", "values"))
+    stats = sequence_logps(model, batch, statistics={"prompt", "collision", "reference_kl", "values"},
+                           reference=copy.deepcopy(model), value_head=make_value_head(model, 0))["chosen"]
+    for field in ("prompt_sum", "token_collision", "token_kl", "values"):
         assert getattr(stats, field).requires_grad, field
     with pytest.raises(ValueError, match="unknown statistics"):
         sequence_logps(model, batch, statistics={"entropy"})
     with pytest.raises(ValueError, match="needs the reference model"):
         sequence_logps(model, batch, statistics={"reference_kl"})
+    with pytest.raises(ValueError, match="needs the trainer's value head"):
+        sequence_logps(model, batch, statistics={"values"})
 
 
 def test_the_reference_cache_keeps_the_cacheable_statistics(model, tok, tmp_path):

@@ -54,20 +54,22 @@ class TokenLogps:
     rows: torch.Tensor
     completion: torch.Tensor
     vocab: torch.Tensor | None = None
+    values: torch.Tensor | None = None
 
     def canonical(self) -> TokenLogps:
         """The tokens ordered by row, each row's in sequence order (the layouts differ only in row order)."""
         order = torch.sort(self.rows, stable=True).indices
         return TokenLogps(self.logps[order], self.rows[order], self.completion[order],
-                          None if self.vocab is None else self.vocab[order])
+                          *(None if t is None else t[order] for t in (self.vocab, self.values)))
 
 
 def token_logps(model, batch: PaddedBatch, temperature: float = 1.0, prompt: bool = False,
-                vocab: bool = False) -> TokenLogps:
+                vocab: bool = False, value_head=None) -> TokenLogps:
     """Log-probs of the completion tokens (and with ``prompt``, of the prompt tokens after the first), under
     the model's distribution at ``temperature``: log_softmax(logits / temperature), the distribution that
     sampling at that temperature draws from (1.0: the model itself, as training uses). ``vocab``: keep the
-    whole log-softmax row of each token too.
+    whole log-softmax row of each token too. ``value_head``: a module mapping the last hidden state where a
+    token is predicted to its value (the state before the token), kept as ``values``.
 
     Inside ``packed_attention`` the rows run as one padding-free row (``bench.model.packing``); otherwise
     in length groups (``length_groups``), so little compute goes to padding. Either way the batch is
@@ -80,48 +82,58 @@ def token_logps(model, batch: PaddedBatch, temperature: float = 1.0, prompt: boo
         ids, positions, row, segments = packed_inputs(batch.input_ids, batch.attention_mask)
         real = batch.attention_mask.bool()
         target = (predicted[real][1:] == 1) & (row[1:] == row[:-1])  # the next token is in the same sequence
-        logps, full = _predict(model, ids, target[None], temperature, vocab, position_ids=positions, segments=segments)
-        return TokenLogps(logps, row[1:][target], batch.completion_mask[real][1:][target].bool(), full)
+        logps, full, values = _predict(model, ids, target[None], temperature, vocab, value_head,
+                                       position_ids=positions, segments=segments)
+        return TokenLogps(logps, row[1:][target], batch.completion_mask[real][1:][target].bool(), full, values)
     lengths = batch.attention_mask.sum(dim=1).tolist()
     parts = []
     for g in length_groups(lengths) if len(lengths) > 1 else [[0]]:
         idx = torch.tensor(g, device=batch.input_ids.device)
         width = max(lengths[i] for i in g)
         target = predicted[idx, 1:width].bool()
-        logps, full = _predict(model, batch.input_ids[idx, :width], target, temperature, vocab,
-                               attention_mask=batch.attention_mask[idx, :width])
-        parts.append((logps, idx[target.nonzero()[:, 0]], batch.completion_mask[idx, 1:width][target].bool(), full))
-    logps, rows, completion, full = zip(*parts)
-    return TokenLogps(torch.cat(logps), torch.cat(rows), torch.cat(completion), torch.cat(full) if vocab else None)
+        logps, full, values = _predict(model, batch.input_ids[idx, :width], target, temperature, vocab, value_head,
+                                       attention_mask=batch.attention_mask[idx, :width])
+        parts.append((logps, idx[target.nonzero()[:, 0]], batch.completion_mask[idx, 1:width][target].bool(), full,
+                      values))
+    logps, rows, completion, full, values = zip(*parts)
+    return TokenLogps(torch.cat(logps), torch.cat(rows), torch.cat(completion), torch.cat(full) if vocab else None,
+                      torch.cat(values) if value_head is not None else None)
 
 
-def _predict(model, input_ids, target, temperature: float = 1.0, vocab: bool = False, **inputs
-             ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log p_T(input_ids[:, t+1] | input_ids[:, :t+1]) at the positions t where ``target`` is set, and with
-    ``vocab`` the whole log-softmax row there."""
+def _predict(model, input_ids, target, temperature: float = 1.0, vocab: bool = False, value_head=None, **inputs
+             ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """log p_T(input_ids[:, t+1] | input_ids[:, :t+1]) at the positions t where ``target`` is set, with
+    ``vocab`` the whole log-softmax row there, with ``value_head`` its value of the hidden state there."""
     body, head = _body_and_head(model)
     if body is not None:
-        logits = head(body(input_ids=input_ids, use_cache=False, **inputs)[0][:, :-1][target])
+        hidden = body(input_ids=input_ids, use_cache=False, **inputs)[0][:, :-1][target]
+        logits = head(hidden)
     else:
-        logits = model(input_ids=input_ids, use_cache=False, **inputs).logits[:, :-1][target]
+        out = model(input_ids=input_ids, use_cache=False, output_hidden_states=value_head is not None, **inputs)
+        logits = out.logits[:, :-1][target]
+        hidden = out.hidden_states[-1][:, :-1][target] if value_head is not None else None
+    values = value_head(hidden).squeeze(-1).float() if value_head is not None else None
     logits = logits.float() if temperature == 1.0 else logits.float() / temperature
     labels = input_ids[:, 1:][target]
     if not vocab:
-        return -F.cross_entropy(logits, labels, reduction="none"), None
+        return -F.cross_entropy(logits, labels, reduction="none"), None, values
     full = logits.log_softmax(-1)
-    return full.gather(1, labels[:, None])[:, 0], full
+    return full.gather(1, labels[:, None])[:, 0], full, values
 
 
 def sequence_logps(model, batch: PaddedBatch, temperature: float = 1.0, statistics: frozenset[str] = frozenset(),
-                   reference=None) -> dict[str, SeqLogps]:
+                   reference=None, value_head=None) -> dict[str, SeqLogps]:
     """S(y) and n(y) for every sequence of the batch, split by role (S at ``temperature``, see token_logps),
     plus the ``statistics`` asked for (``methods.base.STATISTICS``); ``reference_kl`` runs ``reference``
-    (a model) without grad on the same batch."""
+    (a model) without grad on the same batch; ``values`` applies ``value_head`` to the model's hidden states."""
     unknown = set(statistics) - set(STATISTICS)
     if unknown:
         raise ValueError(f"unknown statistics {sorted(unknown)}; known: {', '.join(STATISTICS)}")
+    if "values" in statistics and value_head is None:
+        raise ValueError("the values statistic needs the trainer's value head")
     t = token_logps(model, batch, temperature, prompt="prompt" in statistics,
-                    vocab=bool({"collision", "reference_kl"} & set(statistics)))
+                    vocab=bool({"collision", "reference_kl"} & set(statistics)),
+                    value_head=value_head if "values" in statistics else None)
     if "reference_kl" in statistics:
         if reference is None:
             raise ValueError("the reference_kl statistic needs the reference model")
@@ -144,6 +156,8 @@ def sequence_logps(model, batch: PaddedBatch, temperature: float = 1.0, statisti
     if "reference_kl" in statistics:  # KL(ref || policy) = sum_v p_ref(v) (log p_ref(v) - log p(v))
         kl = (ref.vocab.exp() * (ref.vocab - t.vocab[comp])).sum(-1)
         fields["token_kl"] = _per_token(kl, rows, counts)
+    if "values" in statistics:
+        fields["values"] = _per_token(t.values[comp], rows, counts)
     return {role: SeqLogps(sums[s], counts[s], **{k: _rows(v, s, counts) for k, v in fields.items()})
             for role, s in batch.slices.items()}
 

@@ -1,6 +1,7 @@
 """Models: tiny Llama configs built from scratch, or any hub id / local path; loading and saving our own."""
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
@@ -81,3 +82,16 @@ def save_model(model, tokenizer, path: Path) -> None:
     shutil.rmtree(path / "checkpoint", ignore_errors=True)
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
+
+
+def make_value_head(model, seed: int) -> torch.nn.Linear:
+    """The trainer's value head for a method that asks for ``values`` (PPO's critic): a linear map of the
+    policy's last hidden state (the LM head's input) to a scalar, sharing the policy's body as TRL's
+    ``AutoModelForCausalLMWithValueHead`` does. Weights N(0, 1/sqrt(d + 1)), bias 0: the head initialisation
+    of Ziegler et al. 2019 (lm-human-preferences), drawn from its own seeded generator."""
+    d = model.get_output_embeddings().in_features
+    head = torch.nn.Linear(d, 1)
+    with torch.no_grad():
+        head.weight.normal_(0, 1 / math.sqrt(d + 1), generator=torch.Generator().manual_seed(seed))
+        head.bias.zero_()
+    return head

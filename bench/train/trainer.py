@@ -31,6 +31,7 @@ from bench.io.checkpoint import load_checkpoint, save_checkpoint
 from bench.io.faults import kill_point
 from bench.io.results import MetricsLog
 from bench.model.logprobs import sequence_logps
+from bench.model.models import make_value_head
 from bench.model.packing import packed_attention, unpacked
 from bench.train.distributed import check_world, gather_batch
 from bench.train.metrics import uniform_metrics
@@ -130,20 +131,22 @@ def batch_indices(n: int, batch_size: int, seed: int, micro_step: int, rank: int
 
 
 def forward(model, view: View, indices: list[int], pad_id: int, device, statistics: frozenset[str] = frozenset(),
-            reference_model=None) -> tuple[BatchLogps, dict]:
+            reference_model=None, value_head=None) -> tuple[BatchLogps, dict]:
     """Policy statistics of a micro-batch by role, and the example index of each role: one forward with
     grad for the view's trained roles (concatenated), one without grad for its no-grad roles. Every trained
     role is present, with zero sequences when the micro-batch has none. ``statistics``: what the method asks
-    for besides the sums (``methods.base.STATISTICS``; ``reference_kl`` runs ``reference_model`` too);
+    for besides the sums (``methods.base.STATISTICS``; ``reference_kl`` runs ``reference_model`` too, ``values``
+    applies ``value_head``);
     a view of fresh samples (``View.scores``) adds each sequence's judge score."""
     spec = view.spec
     trained = pad_batch(view, indices, spec.roles, pad_id).to(device)
-    stats = sequence_logps(model, trained, statistics=statistics, reference=reference_model)
+    stats = sequence_logps(model, trained, statistics=statistics, reference=reference_model, value_head=value_head)
     index = dict(trained.index)
     probe = pad_batch(view, indices, spec.no_grad_roles, pad_id) if spec.no_grad_roles else None
     if probe is not None:
         with torch.no_grad():
-            stats |= sequence_logps(model, probe.to(device), statistics=statistics, reference=reference_model)
+            stats |= sequence_logps(model, probe.to(device), statistics=statistics, reference=reference_model,
+                                    value_head=value_head)
         index |= probe.index
     some = next(iter(stats.values()))
     for role in spec.roles:
@@ -167,9 +170,10 @@ def train(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, pad
     micro-batch of ``view``'s examples (with the unwrapped model, outside packed attention) and returning
     ``(View, ReferenceLogps | None)``: the sequences to train on, with judge scores in ``View.scores``, and
     the reference's statistics of them. ``reference_model``: the reference itself, for a method that asks for
-    the ``reference_kl`` statistic (its distributions are not cached: it runs beside the policy). A stateful
-    method's state is threaded through its losses and saved with the optimizer. Returns the final metrics
-    and compute statistics."""
+    the ``reference_kl`` statistic (its distributions are not cached: it runs beside the policy). A method that
+    asks for ``values`` gets the trainer's value head (``make_value_head``), trained with the policy and kept
+    in the checkpoint's trainer state, never in the policy's weights. A stateful method's state is threaded
+    through its losses and saved with the optimizer. Returns the final metrics and compute statistics."""
     if method.needs_reference and reference is None and rollout is None:
         raise ValueError(f"method {method.name} needs reference log-probs")
     if "reference_kl" in method.statistics and reference_model is None:
@@ -181,7 +185,10 @@ def train(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, pad
         per_step = spec.batch_size * spec.grad_accum * accelerator.num_processes
         spec = replace(spec, steps=max(1, math.ceil(spec.epochs * len(view) / per_step)))
     torch.manual_seed(spec.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay, fused=True)
+    value_head = make_value_head(model, spec.seed).to(model.device) if "values" in method.statistics else None
+    trained = [model] + [value_head] * (value_head is not None)
+    params = [p for m in trained for p in m.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay, fused=True)
     scheduler = get_scheduler(spec.scheduler, optimizer, num_warmup_steps=math.ceil(spec.warmup_ratio * spec.steps),
                               num_training_steps=spec.steps)
     curve_at = curve.steps(spec.steps) if curve is not None else set()
@@ -189,9 +196,13 @@ def train(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, pad
     state = method.initial_state()
     if state is not None and start_step:
         state = progress["method_state"]
+    if value_head is not None and start_step:
+        value_head.load_state_dict(progress["value_head"])
     if spec.gradient_checkpointing:
         enable_checkpointing(model)
-    model, optimizer = accelerator.prepare(model, optimizer)  # the schedule counts optimizer steps: not prepared
+    *trained, optimizer = accelerator.prepare(*trained, optimizer)  # the schedule counts optimizer steps: not prepared
+    model, value_head = trained[0], trained[1] if value_head is not None else None
+    params = [p for m in trained for p in m.parameters()]
     device = accelerator.device
     if reference_model is not None:
         reference_model = reference_model.to(device).eval().requires_grad_(False)
@@ -220,10 +231,10 @@ def train(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, pad
                 batch_view, batch_ref = (_fresh(rollout, model, accelerator, indices, step) if method.needs_samples
                                          else (view, reference))
                 rows = range(len(batch_view)) if method.needs_samples else indices
-                with accelerator.accumulate(model):
+                with accelerator.accumulate(*trained):
                     with accelerator.autocast():
                         policy, index = forward(model, batch_view, rows, pad_id, device, method.statistics,
-                                                reference_model)
+                                                reference_model, value_head)
                     ref = batch_ref.lookup(index, device) if batch_ref is not None else None
                     # every process scores the global micro-batch (bench.train.distributed: exact for every loss)
                     policy, ref = gather_batch(policy), gather_batch(ref)
@@ -236,7 +247,7 @@ def train(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, pad
                         state = {k: v.detach() for k, v in out.state.items()}
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:  # max_norm inf: the total norm, grads left as they are
-                        norm = accelerator.clip_grad_norm_(model.parameters(),
+                        norm = accelerator.clip_grad_norm_(params,
                                                            spec.max_grad_norm if spec.max_grad_norm > 0 else math.inf)
                         # fp16's grad scaler skips a step with inf/nan gradients by design; else it is a bug
                         if norm is not None and accelerator.scaler is None and not math.isfinite(float(norm)):
@@ -268,7 +279,9 @@ def train(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, pad
                 if accelerator.is_main_process:
                     save_checkpoint(out_dir / "checkpoint", accelerator.unwrap_model(model), optimizer, scheduler, done,
                                     {"tokens": tokens, "seconds": elapsed, "cpu_seconds": cpu, "last": last}
-                                    | ({"method_state": state} if state is not None else {}))
+                                    | ({"method_state": state} if state is not None else {})
+                                    | ({"value_head": accelerator.unwrap_model(value_head).state_dict()}
+                                       if value_head is not None else {}))
             if done in curve_at and done < spec.steps:  # the end: the run's full evaluation
                 _call_curve(curve, accelerator, model, done)
             kill_point(f"train_step_{done}")
