@@ -4,6 +4,7 @@
   prefbench sweep [sweep=NAME] [k=v ...] a Hydra multirun preset, then its report
   prefbench run [k=v ...]                one job: method=, model=, task=, seed=, any config key
   prefbench eval RUN_DIR [judge=NAME]    re-evaluate a finished run without retraining
+  prefbench export RUN_DIR DEST          a finished run's policy as a Hugging Face model folder with a model card
   prefbench report SWEEP_DIR             table, plots and index.html of a sweep folder
   prefbench tune SWEEP_DIR               the tuning protocol's choice from a `sweep=tune` folder
   prefbench methods                      the registered methods: view, reference, init, statistics, source
@@ -183,6 +184,15 @@ def cmd_eval(args: list[str]) -> int:
     return 0
 
 
+def cmd_export(args: list[str]) -> int:
+    if len(args) != 2:
+        raise UserError("usage: prefbench export RUN_DIR DEST   (DEST: a new folder for the Hugging Face model)")
+    from bench.job.export import export
+
+    print(f"{export(Path(args[0]), Path(args[1]))}: weights, tokenizer, generation config and model card")
+    return 0
+
+
 def cmd_report(args: list[str]) -> int:
     if len(args) != 1:
         raise UserError("usage: prefbench report SWEEP_DIR")
@@ -215,7 +225,7 @@ def cmd_perf(args: list[str]) -> int:
     return perf_main(args)
 
 
-COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "methods": cmd_methods, "eval": cmd_eval,
+COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "methods": cmd_methods, "eval": cmd_eval, "export": cmd_export,
             "report": cmd_report, "tune": cmd_tune, "perf": cmd_perf,
             "conform": cmd_conform}
 
