@@ -96,6 +96,16 @@ def test_bad_config_is_one_clear_line(tmp_path, args, message):
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
+@pytest.mark.parametrize("args,message", [
+    (["reprot", "results/x"], "prefbench: error: unknown command 'reprot'; did you mean 'report'?"),
+    (["nonsense"], "prefbench: error: unknown command 'nonsense' Commands: run, sweep,"),
+])
+def test_an_unknown_command_is_one_line_and_exit_2(args, message):
+    proc = prefbench(*args, check=False)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
 PLUGIN = '''
 from dataclasses import dataclass
 
