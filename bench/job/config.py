@@ -10,6 +10,7 @@ from bench.eval.judges import check_judge
 from bench.io.errors import NotApplicable, UserError
 from methods import Method, StrengthNotApplicable, apply_strength, build_method, registry, view_spec
 
+INTEGER = ("seed", "threads", "stages.base.seed")  # read with int() later: a string must stop here, with one line
 POSITIVE = ["trainer.steps", "trainer.batch_size", "trainer.grad_accum", "trainer.lr",
             "stages.base.steps", "stages.sft.steps", "eval.samples_per_prompt", "eval.temperature", "task.max_length"]
 
@@ -20,6 +21,10 @@ def options(group: str, roots=(CONF_DIR,)) -> list[str]:
 
 
 def validate(cfg: DictConfig) -> None:
+    for key in INTEGER:
+        value = OmegaConf.select(cfg, key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise UserError(f"{key} must be an integer (got {value!r})")
     for key in POSITIVE:
         value = OmegaConf.select(cfg, key)
         by_epochs = key.endswith(".steps") and OmegaConf.select(cfg, key.replace(".steps", ".epochs"))
