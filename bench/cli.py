@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, args = (argv[0], argv[1:]) if argv and argv[0] in COMMANDS else ("sweep", argv)
     try:
-        if command == "sweep" and argv and "=" not in argv[0] and not argv[0].startswith("-"):
+        if argv and argv[0] not in COMMANDS and "=" not in argv[0] and not argv[0].startswith("-"):
             close = difflib.get_close_matches(argv[0], COMMANDS, n=1)
             raise UserError(f"unknown command {argv[0]!r}" + (f"; did you mean {close[0]!r}?" if close else "")
                             + f" Commands: {', '.join(COMMANDS)}; or key=value overrides for the default sweep")
