@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import difflib
-import hashlib
 import os
 import sys
 from pathlib import Path
@@ -66,7 +65,7 @@ def _hydra(argv: list[str]) -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
-    from bench.job.run import run_job
+    from bench.job.run import objective_value, run_job
 
     _register_resolvers()
 
@@ -84,7 +83,7 @@ def _hydra(argv: list[str]) -> None:
             print(f"prefbench: error: {exc}", file=sys.stderr)
             _last_summary = {"status": "refused", "error": str(exc)}
             _remove_if_only_hydra(Path(HydraConfig.get().runtime.output_dir))
-        return _last_summary
+        return objective_value(cfg, _last_summary)  # Optuna's sweeper wants one number
 
     sys.argv = [sys.argv[0], *argv]
     job()
@@ -92,37 +91,45 @@ def _hydra(argv: list[str]) -> None:
 
 def cmd_run(args: list[str]) -> int:
     """One job. Exit 0 done, 1 failed while running, 2 refused (its config cannot run)."""
+    from bench.job.sweep import list_overrides
+
+    args = list_overrides(args)
     check_overrides(args)
     _hydra(args)
     return {"refused": 2, "n/a": 2, "failed": 1}.get(_last_summary.get("status"), 0)
 
 
-def adhoc_sweep_args(args: list[str]) -> list[str]:
-    """Presets name their sweep folder; an ad-hoc grid gets its own, named by a digest of its arguments."""
-    if any(a.startswith("sweep=") for a in args):
-        return args
-    if not args:
-        return ["sweep=default"]
-    digest = hashlib.sha256("\0".join(sorted(args)).encode()).hexdigest()[:8]
-    named = any(a.startswith("sweep_name=") for a in args)
-    return ["sweep=adhoc", *([] if named else [f"sweep_name=adhoc-{digest}"]), *args]
-
-
 def cmd_sweep(args: list[str]) -> int:
     """A multirun, then its report. Exit 0 only when every job the sweep asked for is done."""
+    from bench.job.progress import SweepProgress
     from bench.job.run import check_job
-    from bench.job.sweep import plan, record
+    from bench.job.sweep import HYDRA_FLAGS, adhoc_sweep_args, list_overrides, plan, record, sweep_dir_overrides
 
-    args = adhoc_sweep_args(args)
+    if any(a in HYDRA_FLAGS for a in args):  # --cfg job, --info, --help ...: Hydra answers, nothing runs
+        _register_resolvers()
+        _hydra(list_overrides(adhoc_sweep_args(args)))
+        return 0
+    args = adhoc_sweep_args(sweep_dir_overrides(list_overrides(args)))
     check_overrides(args)
     _register_resolvers()
     sweep_dir, jobs = plan(args, check_job)
     record(sweep_dir, jobs)
+    if len(jobs) != 1 and not any(a.startswith("trainer.progress=") for a in args):
+        args = [*args, "trainer.progress=false"]  # one overall line instead of one bar per job
     try:
-        _hydra(["--multirun", *args])
+        with SweepProgress(sweep_dir, jobs):
+            _hydra(["--multirun", *args])
     except (Exception, SystemExit) as exc:  # a launcher that dies (a lost worker) must not hide the jobs it lost
         print(f"prefbench: error: the sweep stopped early ({type(exc).__name__}: {exc}); counting its jobs",
               file=sys.stderr)
+    best = sweep_dir / "optimization_results.yaml"  # the Optuna sweeper's answer
+    if best.exists():
+        from omegaconf import OmegaConf
+
+        found = OmegaConf.load(best)
+        params = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in found.best_params.items())
+        print(f"best trial: {params} "
+              f"({found.best_value:.4g}): {best}")
     return _report(sweep_dir)
 
 

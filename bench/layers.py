@@ -21,7 +21,7 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("eval", "samples, judges, online rollouts, metrics, frontiers",
      ("spec", "sampling", "embedder", "metrics", "frontier", "judges", "rollout", "curve", "evaluate")),
     ("job", "a config -> a run folder; sweeps",
-     ("config", "pipeline", "run", "reeval", "export", "sweep")),
+     ("config", "pipeline", "track", "run", "reeval", "export", "sweep", "progress")),
     ("perf", "the trainer against TRL's on identical inputs",
      ("inputs", "sides", "online", "trl_adapters", "measure", "plot")),
     ("report", "statistics, tables, plots, the HTML page",

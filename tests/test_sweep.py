@@ -26,6 +26,8 @@ def test_multirun_with_a_failing_run_and_its_report(tmp_path, shared_cache):
                      "sweep_name=default", f"cache_dir={shared_cache}", *[a for a in SMOKE if not a.startswith("model=")],
                      check=False)
     assert proc.returncode == 1 and "4 of 8 jobs are not done: 4 failed." in proc.stdout
+    assert "\r" not in proc.stdout + proc.stderr  # a log file holds no progress bars (stderr is not a terminal)
+    assert proc.stdout.count(": done (win rate vs SFT ") == 4  # one result line per finished job
     runs = {p.name: summary(p) for p in (tmp_path / "default").iterdir() if (p / "summary.json").exists()}
     assert len(runs) == 8
     failed = {k: v for k, v in runs.items() if v["status"] == "failed"}

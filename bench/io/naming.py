@@ -15,7 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 from bench.io.errors import UserError
 
 # Keys that say where and how a job runs, not what it computes: excluded from the digest.
-BOOKKEEPING = ("force", "results_dir", "cache_dir", "sweep_name", "threads", "trainer.progress", "sweep", "hydra")
+BOOKKEEPING = ("force", "results_dir", "cache_dir", "sweep_name", "threads", "trainer.progress", "sweep", "hydra",
+               "tracker", "tracker_dir", "tracker_project", "objective")
 IDENTITY = ("task", "model", "method", "seed")  # already spelled out at the front of the name
 # Overrides most likely to tell two jobs of a sweep apart are spelled out first.
 PRIORITY = ("method.", "strength", "init", "fault", "trainer.", "stages.", "task.", "model.", "judge", "eval.")

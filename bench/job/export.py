@@ -47,18 +47,22 @@ def export(run_dir: Path, dest: Path) -> Path:
     model = load_weights(build_policy(cfg, start), run_dir / "checkpoint")
     if cfg.model.get("lora"):
         model = model.merge_and_unload()
-    tokenizer = group.tokenizer
-    config = sampling_config(EvalSpec.from_config(cfg).sampling, tokenizer.eos_token_id, tokenizer.pad_token_id, k=1)
-    model.generation_config = config
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
+    write_hf_files(tmp, group.tokenizer, EvalSpec.from_config(cfg))
     (tmp / "README.md").write_text(model_card(cfg, summary, run_dir.name))
     if dest.exists():
         dest.rmdir()
     tmp.rename(dest)
     return dest
+
+
+def write_hf_files(folder: Path, tokenizer, spec: EvalSpec) -> None:
+    """Beside a policy's weights and config.json: its tokenizer (with the chat template when it has one) and
+    generation_config.json with the sampling it is evaluated with, so transformers loads it as it is."""
+    tokenizer.save_pretrained(folder)
+    sampling_config(spec.sampling, tokenizer.eos_token_id, tokenizer.pad_token_id, k=1).save_pretrained(folder)
 
 
 def model_card(cfg, summary: dict, run: str) -> str:

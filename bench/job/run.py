@@ -14,6 +14,7 @@
           train                  trainer: the loop, checkpoints, CurveSampler points along training
           evaluate               EvalSpec: samples, judge, win rates, KL, diversity -> samples.jsonl, prompts.jsonl
       summary.json               status done / failed with its error; cost/* and eval/* keys
+      log_run                    track: the finished run to the trackers tracker= names (none by default)
 
 A run folder holds config.yaml, metrics.jsonl, checkpoint/, samples.jsonl and summary.json. A job
 whose summary says ``done`` is skipped; an interrupted one resumes from its last checkpoint; a
@@ -45,7 +46,9 @@ from bench.io.naming import check_sweep_name, settings
 from bench.io.results import read_json, write_atomic, write_json
 from bench.io.stages import stage_info, stage_key
 from bench.job.config import method_from_config, validate
+from bench.job.export import write_hf_files
 from bench.job.pipeline import build_policy, init_checkpoint, logprob_probe, prepare, run_spec
+from bench.job.track import log_run, requested
 from bench.model.compute import peak_memory_mb, reset_peak_memory, training_cost
 from bench.model.models import device as default_device
 from bench.model.models import load_model, n_params
@@ -64,6 +67,7 @@ def check_job(cfg: DictConfig) -> None:
     if cfg.fault not in FAULTS:
         raise UserError(f"fault={cfg.fault!r} is unknown; allowed: {', '.join(FAULTS)}")
     validate(cfg)
+    requested(cfg)  # an unknown tracker, or one whose library is missing
     method_from_config(cfg.method, cfg.strength)  # a bad method setting is refused here, before any folder
 
 
@@ -118,9 +122,29 @@ def _run_locked(cfg: DictConfig, run_dir: Path) -> dict:
     summary["wall_seconds"] = time.perf_counter() - t0
     kill_point("summary")
     write_json(run_dir / "summary.json", summary)
-    print(f"[prefbench] {run_dir}: {summary['status']}" + (f" ({summary['error']})" if summary["error"] else ""),
+    if tracker_errors := log_run(cfg, run_dir):
+        write_json(run_dir / "summary.json", summary | {"tracker_errors": tracker_errors})
+    print(f"[prefbench] {run_dir}: {summary['status']}" + (f" ({summary['error']})" if summary["error"] else
+                                                            result_line(summary)),
           file=sys.stderr if summary["error"] else sys.stdout)
     return summary
+
+
+def objective_value(cfg, summary: dict):
+    """What a job returns to Hydra's sweeper: its summary, or with ``objective=KEY`` that summary number (NaN
+    when the run has none, e.g. it failed: Optuna records such a trial as failed and goes on)."""
+    if not cfg.get("objective"):
+        return summary
+    value = summary.get(str(cfg.objective))
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
+
+
+def result_line(summary: dict) -> str:
+    """A finished job's headline, for the console: win rate against SFT, KL to the anchor, wall time."""
+    parts = [f"{what} {summary[key]:.3f}" for key, what in (("eval/win_rate_vs_sft", "win rate vs SFT"),
+                                                            ("eval/kl", "KL")) if summary.get(key) is not None]
+    wall = f"{summary.get('wall_seconds') or 0:.0f} s"
+    return f" ({', '.join(parts + [wall])})"
 
 
 def _train_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict:
@@ -165,6 +189,8 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict:
                   logprob_probe(probe_view, group.pad_id) if probe_view else None, desc=run_dir.name,
                   curve=CurveSampler(eval_spec, group, run_dir), rollout=rollout,
                   reference_model=ref_model if "reference_kl" in method.statistics else None)
+    if (run_dir / "checkpoint").is_dir() and not cfg.model.get("lora"):  # LoRA weights load through `prefbench export`
+        write_hf_files(run_dir / "checkpoint", group.tokenizer, eval_spec)
     size = n_params(model)
     # forward FLOPs ~ 2 N per token: an online run's sampling (prefill + new tokens) and the reference's scoring
     rollout_flops = 0 if rollout is None else 2 * size * (rollout.prompt_tokens + rollout.generated_tokens

@@ -7,6 +7,7 @@ lost cluster job, a refused config) is still counted. ``job_statuses`` reads eac
 """
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from bench.io.naming import config_digest, run_name, settings
 from bench.io.results import read_json, write_json
 
 MANIFEST = "sweep.json"
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 NOT_DONE = ("failed", "refused", "running", "missing", "partial")
 
 
@@ -35,16 +37,59 @@ class Job:
     not_applicable: str | None = None  # why a swept setting does not apply to the job's method
 
 
+HYDRA_FLAGS = ("--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help", "--resolve", "--package", "-p",
+               "--shell-completion", "-sc")
+
+
+def sweep_dir_overrides(args: list[str]) -> list[str]:
+    """Hydra's ``hydra.sweep.dir=PATH`` names the sweep folder, where the runs, the manifest and the report live:
+    prefbench reads it as ``results_dir=`` PATH's parent and ``sweep_name=`` PATH's name (the shared cache
+    follows results_dir unless cache_dir= is given)."""
+    given = [a for a in args if a.startswith("hydra.sweep.dir=")]
+    if not given:
+        return args
+    if any(a.startswith(("results_dir=", "sweep_name=")) for a in args):
+        raise UserError("pass either hydra.sweep.dir=PATH or results_dir=/sweep_name=, not both")
+    path = Path(given[-1].partition("=")[2]).expanduser()
+    if not path.name or "$" in str(path):
+        raise UserError(f"{given[-1]}: give the sweep folder as a plain path (no interpolation)")
+    return [a for a in args if a not in given] + [f"results_dir={path.parent}", f"sweep_name={path.name}"]
+
+
+def list_overrides(args: list[str]) -> list[str]:
+    """``tracker=a,b`` names several trackers of every job, not a sweep axis: Hydra gets the list ``[a,b]``."""
+    return [f"tracker=[{a.partition('=')[2]}]" if a.startswith("tracker=") and "," in a and "[" not in a else a
+            for a in args]
+
+
+def adhoc_sweep_args(args: list[str]) -> list[str]:
+    """Presets name their sweep folder; an ad-hoc grid gets its own, named by a digest of its arguments."""
+    if any(a.startswith("sweep=") for a in args):
+        return args
+    if not args:
+        return ["sweep=default"]
+    digest = hashlib.sha256("\0".join(sorted(args)).encode()).hexdigest()[:8]
+    named = any(a.startswith("sweep_name=") for a in args)
+    return ["sweep=adhoc", *([] if named else [f"sweep_name=adhoc-{digest}"]), *args]
+
+
 def plan(args: list[str], validate) -> tuple[Path, list[Job]]:
     """The sweep folder and every job of the multirun ``args``; ``validate(cfg)`` raises UserError for a
-    config that cannot run, which marks the job refused."""
+    config that cannot run, which marks the job refused. A sweeper other than Hydra's basic one (Optuna) has
+    no grid to plan: no jobs, and the sweep's jobs are its run folders."""
     from hydra import compose, initialize_config_dir
 
     cli = [a for a in args if not a.startswith("hydra/") and not a.startswith("hydra.")]
     jobs, sweep_dir = [], None
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        base = compose("config", overrides=[a for a in cli if "," not in a.partition("=")[2]],
-                       return_hydra_config=True)
+        try:
+            base = compose("config", overrides=[a for a in cli if "," not in a.partition("=")[2]],
+                           return_hydra_config=True)
+        except Exception as exc:  # Hydra's composition errors, e.g. a preset whose sweeper plugin is missing
+            hint = " (sweep=optuna needs: pip install 'prefbench[search]')" if "optuna" in str(exc) else ""
+            raise UserError(f"cannot compose the sweep: {str(exc).splitlines()[0]}{hint}") from exc
+        if base.hydra.sweeper._target_ != BASIC_SWEEPER:  # e.g. Optuna: each trial is chosen from the ones before
+            return Path(base.results_dir) / base.sweep_name, []
         params = [f"{k}={v}" for k, v in (base.hydra.sweeper.get("params") or {}).items()]
         loader = GlobalHydra.instance().config_loader()  # glob(*) sweeps list a config group's options
         parsed = OverridesParser.create(config_loader=loader).parse_overrides(params + cli)
@@ -118,7 +163,7 @@ def run_rows(sweep_dir: Path) -> list[dict]:
         run, job = sweep_dir / name, jobs.get(name)
         status, error = job_status(run, job)
         config = run / "config.yaml"
-        flat = _flatten(settings(OmegaConf.to_container(OmegaConf.load(config)))) if config.exists() else {}
+        flat = flatten(settings(OmegaConf.to_container(OmegaConf.load(config)))) if config.exists() else {}
         rows.append({"run_dir": str(run), "run": name, **(job or {}).get("identity", {}),
                      **read_json(run / "summary.json", {}), "status": status, "error": error,
                      **{f"config.{k}": v for k, v in flat.items()}})
@@ -138,11 +183,11 @@ def swept_keys(rows: list[dict]) -> list[str]:
             and any(len({repr(r.get(key)) for r in cell}) > 1 for cell in cells.values())]
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
+def flatten(tree: dict, prefix: str = "") -> dict:
     out = {}
     for key, value in tree.items():
         if isinstance(value, dict) and value:
-            out |= _flatten(value, f"{prefix}{key}.")
+            out |= flatten(value, f"{prefix}{key}.")
         else:
             out[f"{prefix}{key}"] = value if not isinstance(value, (list, dict)) else repr(value)
     return out

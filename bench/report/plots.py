@@ -214,7 +214,9 @@ def _bars(df: pd.DataFrame, columns: dict[str, str], title: str) -> plt.Figure:
             ax.bar(np.arange(len(models)) + i * width, [g.get(s, np.nan) for s in models], width, label=series)
         ax.set_xticks(np.arange(len(models)) + width * (len(names) - 1) / 2, models)
         ax.set_title(label, fontsize=10)
-    axes[0][0].legend(fontsize=7)
+    drawn = [ax for ax in axes[0] if ax.get_legend_handles_labels()[0]]
+    if drawn:
+        drawn[0].legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
     return fig

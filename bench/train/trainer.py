@@ -211,7 +211,7 @@ def train(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, pad
     tokens, elapsed, last = progress.get("tokens", 0), progress.get("seconds", 0.0), progress.get("last", {})
     cpu = progress.get("cpu_seconds", 0.0)
     bar = tqdm(range(start_step, spec.steps), desc=desc, initial=start_step, total=spec.steps,
-               disable=not (spec.progress and accelerator.is_main_process), leave=False)
+               disable=None if spec.progress and accelerator.is_main_process else True, leave=False)  # None: off-TTY
     with packed_attention(model, spec.packing):  # spans the backward: checkpointing re-runs layers there
         if probe is not None and start_step == 0:  # where the log-prob dynamics start: the init model
             init_probe = probe(accelerator.unwrap_model(model))
