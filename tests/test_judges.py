@@ -121,7 +121,7 @@ def llm_cfg(url, **kw):
 def test_llm_judge_retries_garbage_then_marks_unjudged(llm_server, monkeypatch):
     monkeypatch.setenv("PREFBENCH_TEST_KEY", "sk-test")
     FakeLLM.script = ["7", "garbage", "8", "range", "range", "range", "stall", "stall", "stall"]
-    judge = LLMJudge(llm_cfg(llm_server))
+    judge = LLMJudge(llm_cfg(llm_server, concurrency=1))  # one at a time: the script answers in turn
     scores = judge.score(["a", "b", "c", "d"], ["x", "y", "z", "w"])
     # a: 7 ; b: garbage then 8 ; c: out of range three times -> None ; d: three stalls -> None
     assert scores == [7.0, 8.0, None, None]
@@ -139,11 +139,105 @@ def test_a_run_with_failing_llm_verdicts_is_marked_partial_and_keeps_everything(
 
     FakeLLM.script = ["7", "garbage", "4", "range"]  # no retries: half of the verdicts never arrive
     prefbench("run", "method=orpo", "judge=llm", f"judge.base_url={llm_server}", "judge.require_key=false",
-              "judge.max_retries=0", "judge.timeout_s=2", f"results_dir={tmp_path}", f"cache_dir={shared_cache}", *SMOKE)
+              "judge.max_retries=0", "judge.timeout_s=2", "judge.concurrency=1", "judge.mode=pairwise",
+              f"results_dir={tmp_path}", f"cache_dir={shared_cache}", *SMOKE)
     run = run_dir(tmp_path / "runs", "reviews-tiny-xs-orpo-s0")
     summary = json.loads((run / "summary.json").read_text())
     samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
     assert summary["status"] == "partial" and summary["eval/unjudged"] > 0
+    # pairwise mode asked for 16 (sample, SFT sample) verdicts in both orders; this server answers none of them
+    assert summary["eval/pairwise_unjudged"] == 16 and summary["eval/pairwise_win_rate_vs_sft"] is None
     assert len(samples) == 16 and any(s["score"] is None for s in samples) and any(s["score"] for s in samples)
     assert summary["eval/kl"] is not None and summary["train/step"] == 10  # kept; ORPO: 6 + 4 steps (budget=matched)
     assert "sk-" not in (run / "config.yaml").read_text()
+
+
+class PairwiseLLM(http.server.BaseHTTPRequestHandler):
+    """A judge with a rule: the reply with more words wins (score: its word count); ``biased`` answers "A" whatever
+    it is shown, a pure position bias. Records each prompt and the most requests it ever had in flight."""
+
+    biased, in_flight, most, seen, lock = False, 0, 0, [], threading.Lock()
+
+    def do_POST(self):  # noqa: N802
+        text = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["messages"][0]["content"]
+        with PairwiseLLM.lock:
+            PairwiseLLM.seen.append(text)
+            PairwiseLLM.in_flight += 1
+            PairwiseLLM.most = max(PairwiseLLM.most, PairwiseLLM.in_flight)
+        time.sleep(0.05)
+        if "\n\nReply B: " in text:
+            a, b = (len(r.split()) for r in text.split("Reply A: ", 1)[1].split("\n\nReply B: "))
+            winner = "A" if PairwiseLLM.biased or a > b else "B" if b > a else "tie"
+            content = json.dumps({"winner": winner})
+        else:
+            content = json.dumps({"score": min(10, len(text.rsplit("Assistant: ", 1)[-1].split()))})
+        payload = json.dumps({"choices": [{"message": {"content": content}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+        with PairwiseLLM.lock:
+            PairwiseLLM.in_flight -= 1
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture()
+def pairwise_server():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), PairwiseLLM)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    PairwiseLLM.biased, PairwiseLLM.most, PairwiseLLM.seen = False, 0, []
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+
+
+def test_pairwise_verdicts_in_both_orders_cancel_a_position_bias(pairwise_server, monkeypatch):
+    monkeypatch.setenv("PREFBENCH_TEST_KEY", "sk-test")
+    judge = LLMJudge(llm_cfg(pairwise_server, timeout_s=5))
+    a, b = ["one two three", "x", "same size"], ["four", "y z", "also same"]
+    shares, agreed = judge.compare(["p", "q", "r"], a, b)
+    assert shares == [1.0, 0.0, 0.5] and agreed == [True, True, True]
+    shown = [t.split("Reply A: ")[1].split("\n\n")[0] for t in PairwiseLLM.seen]
+    assert sorted(shown) == sorted(a + b)  # every pair was asked in both orders
+    PairwiseLLM.biased = True  # always "A": each order's verdict is the other's opposite, so they cancel
+    shares, agreed = judge.compare(["p", "q", "r"], a, b)
+    assert shares == [0.5, 0.5, 0.5] and agreed == [False, False, False]
+
+
+def test_llm_requests_run_concurrently_up_to_the_bound_and_keep_their_order(pairwise_server, monkeypatch):
+    monkeypatch.setenv("PREFBENCH_TEST_KEY", "sk-test")
+    replies = [" ".join(["w"] * n) for n in (1, 5, 2, 7, 3, 9, 4, 8)]
+    scores = LLMJudge(llm_cfg(pairwise_server, timeout_s=5, concurrency=3)).score(["p"] * 8, replies)
+    assert scores == [1.0, 5.0, 2.0, 7.0, 3.0, 9.0, 4.0, 8.0] and 2 <= PairwiseLLM.most <= 3
+    PairwiseLLM.most = 0
+    LLMJudge(llm_cfg(pairwise_server, timeout_s=5, concurrency=1)).score(["p"] * 4, replies[:4])
+    assert PairwiseLLM.most == 1
+
+
+def test_the_prompt_templates_are_configurable_and_checked(pairwise_server, monkeypatch):
+    monkeypatch.setenv("PREFBENCH_TEST_KEY", "sk-test")
+    judge = LLMJudge(llm_cfg(pairwise_server, timeout_s=5, prompt="Grade {completion} for {prompt}. Assistant: ok"))
+    assert judge.score(["hi"], ["there"]) == [1.0] and PairwiseLLM.seen == ["Grade there for hi. Assistant: ok"]
+    with pytest.raises(UserError, match=r"judge.pairwise_prompt must contain \{b\}"):
+        LLMJudge(llm_cfg(pairwise_server, pairwise_prompt="{prompt}: {a}"))
+
+
+def test_the_pairwise_win_rate_against_the_anchor_pairs_sample_j_with_sample_j(pairwise_server, monkeypatch):
+    from bench.eval.evaluate import _pairwise_vs_anchor
+
+    monkeypatch.setenv("PREFBENCH_TEST_KEY", "sk-test")
+    judge = LLMJudge(llm_cfg(pairwise_server, timeout_s=5))
+    mine, anchor = ["a b c", "a", "a b", "a b"], ["a", "a b", "a", "a"]  # 2 prompts x k=2: prompt 0 ties 1-1
+    out = _pairwise_vs_anchor(judge, ["p0", "p1"], mine, anchor, 2, 50, 0)
+    assert out["eval/pairwise_win_rate_vs_sft"] == 0.75 and out["eval/pairwise_consistency"] == 1.0
+    assert out["eval/pairwise_unjudged"] == 0 and out["eval/pairwise_win_rate_vs_sft_ci_low"] <= 0.75
+
+
+def test_pairwise_mode_needs_a_judge_that_compares():
+    from bench.job.config import validate
+
+    with pytest.raises(UserError, match="judge.mode=pairwise needs a judge that compares"):
+        validate(compose_config(["+judge.mode=pairwise"]))  # the default judge, gold, scores one reply
+    with pytest.raises(UserError, match="judge.mode='both' is unknown"):
+        validate(compose_config(["judge=llm", "judge.mode=both"]))

@@ -83,8 +83,11 @@ def evaluate(spec: EvalSpec, group, model, run_dir: Path, judging: Judging, step
     gold_scores = gold.score([prompts[i] for i, _ in flat], texts) if gold else None
     anchor_scores = judge.score([p for p in prompts for _ in range(k)], anchor_texts)
     chosen_scores = judge.score(prompts, list(ev["chosen_text"])) if "chosen_text" in ev.column_names else None
+    pairwise = _pairwise_vs_anchor(judge, prompts, texts, anchor_texts, k, spec.bootstrap, seed) \
+        if judging.config.get("mode") == "pairwise" else {}
     judge_seconds = time.perf_counter() - t_judge
-    unjudged = sum(s is None for s in scores + anchor_scores + (chosen_scores or []))
+    unjudged = sum(s is None for s in scores + anchor_scores + (chosen_scores or [])) \
+        + pairwise.get("eval/pairwise_unjudged", 0)
 
     write_jsonl(run_dir / "samples.jsonl", [
         {"prompt_index": i, "prompt": prompts[i], "response": t, "response_tokens": len(c), "score": s,
@@ -92,6 +95,7 @@ def evaluate(spec: EvalSpec, group, model, run_dir: Path, judging: Judging, step
         for j, ((i, c), t, s, lp, lr) in enumerate(zip(flat, texts, scores, logp_pi.tolist(), logp_ref.tolist()))])
 
     valid = [s for s in scores if s is not None]
+    out |= pairwise
     out |= {"eval/judge": judging.name, "eval/n_prompts": len(prompts), "eval/samples_per_prompt": k, "eval/unjudged": unjudged,
             "eval/score_mean": float(np.mean(valid)) if valid else None,
             "eval/score_std": float(np.std(valid)) if valid else None,
@@ -131,6 +135,20 @@ def evaluate(spec: EvalSpec, group, model, run_dir: Path, judging: Judging, step
     write_jsonl(run_dir / "prompts.jsonl", _prompt_rows(mine, _by_prompt(anchor_scores, k), chosen_scores,
                                                         _by_prompt((logp_pi - logp_ref).tolist(), k), samples))
     return out
+
+
+def _pairwise_vs_anchor(judge, prompts, texts, anchor_texts, k: int, n_boot: int, seed: int) -> dict:
+    """A pairwise judge's win rate of the policy over the anchor: sample j of each prompt against the anchor's
+    sample j of it, each pair shown in both orders (bench.eval.llm_judge); per prompt the mean over its judged
+    pairs, with a bootstrap CI over prompts; and how often the two orders agreed (1: no position bias seen)."""
+    shares, agreed = judge.compare([p for p in prompts for _ in range(k)], texts, anchor_texts)
+    per_prompt = np.array([np.mean(v) for v in ([x for x in s if x is not None] for s in _by_prompt(shares, k)) if v])
+    low, high = em.bootstrap_ci(per_prompt, n_boot, seed) if len(per_prompt) else (None, None)
+    both = [a for a in agreed if a is not None]
+    return {"eval/pairwise_win_rate_vs_sft": float(per_prompt.mean()) if len(per_prompt) else None,
+            "eval/pairwise_win_rate_vs_sft_ci_low": low, "eval/pairwise_win_rate_vs_sft_ci_high": high,
+            "eval/pairwise_consistency": float(np.mean(both)) if both else None,
+            "eval/pairwise_unjudged": sum(s is None for s in shares)}
 
 
 def _length_controlled(mine, anchor, samples, anchor_ids) -> dict:
