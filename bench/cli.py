@@ -6,6 +6,7 @@
   prefbench eval RUN_DIR [judge=NAME]    re-evaluate a finished run without retraining
   prefbench export RUN_DIR DEST          a finished run's policy as a Hugging Face model folder with a model card
   prefbench report SWEEP_DIR             table, plots and index.html of a sweep folder
+  prefbench report SWEEP_A SWEEP_B       the two side by side, differences highlighted (B/report/compare.html)
   prefbench tune SWEEP_DIR               the tuning protocol's choice from a `sweep=tune` folder
   prefbench methods                      the registered methods: view, reference, init, statistics, source
   prefbench conform [METHOD ...] [--e2e] the checks every method plugin passes (bench/conformance.py)
@@ -202,8 +203,16 @@ def cmd_export(args: list[str]) -> int:
 
 
 def cmd_report(args: list[str]) -> int:
-    if len(args) != 1:
-        raise UserError("usage: prefbench report SWEEP_DIR")
+    if len(args) not in (1, 2):
+        raise UserError("usage: prefbench report SWEEP_DIR   or   prefbench report SWEEP_A SWEEP_B (compare two)")
+    if len(args) == 2:
+        from bench.report.build import load_runs
+        from bench.report.compare import write_comparison
+
+        a, b = map(Path, args)
+        page = write_comparison(a, b, load_runs(a), load_runs(b))
+        print(f"comparison: {page}")
+        return 0
     _report(Path(args[0]))
     return 0
 

@@ -26,7 +26,8 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("perf", "the trainer against TRL's on identical inputs",
      ("inputs", "sides", "online", "trl_adapters", "measure", "plot")),
     ("report", "statistics, tables, plots, the HTML page",
-     ("stats", "tables", "plots", "frontier_tables", "frontier_plots", "build", "tuning")),
+     ("stats", "tables", "plots", "frontier_tables", "frontier_plots", "samples", "build", "compare",
+      "tuning")),
 )
 TOP = ("conformance", "cli")  # the method conformance checks and the command line, above every layer
 

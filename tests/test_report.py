@@ -1,10 +1,12 @@
 """The report as a person sees it: index.html in a real headless Chromium, and the notebook."""
 import json
 import os
+import re
 import shutil
 import subprocess
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from bench.report.build import load_runs
@@ -70,6 +72,59 @@ def test_report_renders_in_headless_chromium(sweep, tmp_path):
     dark = (pixels.mean(axis=-1) < 0.6).mean()
     assert pixels.shape[:2] == (2400, 1200) and 0.01 < dark < 0.5  # text and plots drawn, not a blank page
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50  # coloured plot lines, not only text
+
+
+def test_the_samples_browser_shows_each_method_side_by_side_for_the_chosen_size_and_seed(sweep, tmp_path):
+    exe = chromium()
+    common = [exe, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
+    index = (sweep / "report" / "index.html").read_text()
+    assert "href='samples.html'" in index
+    table = index[index.index("<h2>All runs</h2>"):]
+    assert "<div class='wide'>" in table and "cost/total_train_flops" in table  # scrolls instead of overflowing
+    assert table.index("<td>tiny-xs</td>") < table.index("<td>tiny-s</td>")  # sizes by parameter count
+    page = (sweep / "report" / "samples.html").as_uri() + "?model=tiny-s&seed=0"
+    dom = subprocess.run([*common, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
+    view = dom[dom.index('<div id="view">'):dom.index('<script type="application/json"')]
+    assert '<p id="shown">tiny-s, seed 0: 8 prompts,' in view and "2 methods" in view
+    assert view.index("<th>sft</th>") < view.index("<th>dpo</th>")
+    run = next(p for p in sweep.iterdir() if p.name.startswith("reviews-tiny-s-dpo-s0"))
+    first = json.loads((run / "samples.jsonl").read_text().splitlines()[0])
+    words = max(re.findall(r"[A-Za-z][A-Za-z ]+", first["response"]), key=len)  # control bytes aside
+    assert len(words) >= 6 and words in view and f"{first['score']:.2f}" in view
+    assert view.count('class="sample"') == 8 * 2 * 2  # 8 prompts x 2 samples x 2 methods: one size, one seed
+    shot = tmp_path / "samples.png"
+    subprocess.run([*common, f"--screenshot={shot}", "--window-size=1400,1600", page], capture_output=True,
+                   timeout=120, check=True)
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(shot)[..., :3]
+    assert pixels.shape[:2] == (1600, 1400) and 0.005 < (pixels.mean(axis=-1) < 0.6).mean() < 0.5
+
+
+def test_report_a_b_highlights_what_differs_between_two_sweeps(sweep, tmp_path):
+    from bench.report.compare import config_differences
+
+    other = tmp_path / "rerun"
+    shutil.copytree(sweep, other)
+    run = next(p for p in other.iterdir() if p.name.startswith("reviews-tiny-s-dpo-s0"))
+    summary = json.loads((run / "summary.json").read_text())
+    summary["eval/win_rate_vs_sft"] += 0.25  # what a change of code would do to one cell
+    (run / "summary.json").write_text(json.dumps(summary))
+    out = prefbench("report", sweep, other)
+    assert f"comparison: {other / 'report' / 'compare.html'}" in out.stdout
+    rows = {(r["model"], r["series"], r["metric"]): r for r in
+            pd.read_csv(other / "report" / "compare.csv").to_dict("records")}
+    changed = rows[("tiny-s", "dpo", "eval/win_rate_vs_sft")]
+    assert changed["verdict"] == "differs" and changed["b_minus_a"] == pytest.approx(0.25)
+    assert {r["verdict"] for k, r in rows.items() if k != ("tiny-s", "dpo", "eval/win_rate_vs_sft")} == {"identical"}
+    assert [k[0] for k in rows][0] == "tiny-xs"  # sizes by parameter count
+    page = (other / "report" / "compare.html").read_text()
+    assert page.count("<tr class='differs'>") == 1 and "none: the same configs" in page
+    a = load_runs(sweep)
+    assert config_differences(a, a.assign(**{"config.trainer.lr": 0.002})) == \
+        [("trainer.lr", ", ".join(sorted({str(v) for v in a["config.trainer.lr"]})), "0.002")]
+    usage = prefbench("report", sweep, other, tmp_path, check=False)
+    assert usage.returncode == 2 and "usage: prefbench report" in usage.stderr
 
 
 def test_notebook_executes_on_a_finished_sweep(sweep):

@@ -20,8 +20,9 @@ from bench.perf.plot import PERF_CAPTION, PERF_COLUMNS, load_perf, plot_perf
 from bench.report.frontier_plots import FRONTIER_PLOTS
 from bench.report.frontier_tables import frontier_html, ranking_columns
 from bench.report.plots import PLOTS
+from bench.report.samples import samples_page
 from bench.report.stats import collapse_reasons
-from bench.report.tables import done, pairwise, statistics_html
+from bench.report.tables import done, pairwise, sizes, statistics_html
 
 
 def _hyper(row: dict) -> dict:
@@ -56,7 +57,8 @@ def load_runs(sweep_dir: str | Path) -> pd.DataFrame:
 
 TABLE_COLUMNS = ["method", "series", "model", "seed", "hyper", "status", "n_params", "eval/win_rate_vs_sft",
                  "eval/win_rate_vs_chosen", "collapsed", "collapse_reason", "eval/score_mean", "eval/reward_margin", "eval/reward_accuracy",
-                 "eval/kl", "eval/pid", "eval/distinct_2", "cost/train_tokens_per_s", "wall_seconds", "error"]
+                 "eval/kl", "eval/pid", "eval/distinct_2", "cost/total_train_flops", "cost/train_tokens_per_s", "wall_seconds",
+                 "error"]
 
 
 def _html_table(df: pd.DataFrame) -> str:
@@ -93,21 +95,27 @@ def build_report(sweep_dir: str | Path) -> Path:
         write_atomic(sweep_dir / "runs.csv", df.to_csv(index=False))
         write_atomic(sweep_dir / "runs.parquet", df.to_parquet(index=False))
         cols = [c for c in TABLE_COLUMNS if c in df]
-        table = "<h2>All runs</h2><p>Full table: runs.csv / runs.parquet beside this folder.</p>" + _html_table(
-            df[cols].sort_values(["model", "series"], key=lambda s: s.astype(str)))
+        order = {m: i for i, m in enumerate(sizes(df))} if "n_params" in df else {}  # tiny-xs before tiny-m
+        rows = df[cols].sort_values(["model", "series"], key=lambda s: s.map(order).fillna(len(order))
+                                    if s.name == "model" else s.astype(str))
+        table = ("<h2>All runs</h2><p>Full table: runs.csv / runs.parquet beside this folder.</p>"
+                 f"<div class='wide'>{_html_table(rows)}</div>")
         line = status_line(list(df["status"]))
         status = (f"<p>{line}</p>" if line.startswith("All ") else
                   f"<p class='warn'>{html.escape(line)} They are listed in the table with their error.</p>")
         swept = df.attrs.get("swept", [])
         status += (f"<p>Swept besides method, model and seed: {html.escape(', '.join(swept))}. Runs are averaged "
                    f"over seeds only; each combination of these values is its own series.</p>" if swept else "")
+        if not done(df).empty and "run_dir" in df:
+            write_atomic(out / "samples.html", samples_page(df, sweep_dir.name))
+            status += "<p><a href='samples.html'>Browse the samples</a>: each method's replies side by side.</p>"
         if not done(df).empty and "n_params" in df:
             pairs = pairwise(df)
             write_atomic(out / "pairs.csv", pairs.to_csv(index=False))
             status += statistics_html(df, pairs, ranking_columns(df)) + frontier_html(df)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>prefbench: {html.escape(sweep_dir.name)}</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}}img{{max-width:100%}}
-table.runs{{border-collapse:collapse;font-size:12px}}table.runs td,table.runs th{{border:1px solid #ccc;padding:2px 5px}}
+table.runs{{border-collapse:collapse;font-size:12px}}div.wide{{overflow-x:auto}}table.runs td,table.runs th{{border:1px solid #ccc;padding:2px 5px}}
 .warn{{color:#a00;font-weight:bold}}</style></head><body>
 <h1>prefbench report: {html.escape(sweep_dir.name)}</h1>{status}
 {''.join(sections)}
