@@ -33,9 +33,9 @@ def chromium() -> str:
 
 def n_figures(sweep) -> int:
     """The runs' figures: 7, plus win rate vs training FLOPs once the runs record cost/total_train_flops, plus the
-    frontier and length figures once they record a curve (issue 13)."""
+    frontier and length figures once they record a curve (issue 13), plus the reward margins on paired data."""
     df = load_runs(sweep)
-    return 7 + ("cost/total_train_flops" in df) + 2 * ("eval/curve_points" in df)
+    return 7 + ("cost/total_train_flops" in df) + 2 * ("eval/curve_points" in df) + ("eval/reward_margin" in df)
 
 
 def test_prompts_jsonl_holds_the_summary_per_prompt(sweep):

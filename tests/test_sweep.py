@@ -42,7 +42,7 @@ def test_multirun_with_a_failing_run_and_its_report(tmp_path, shared_cache):
     page = (tmp_path / "default" / "report" / "index.html").read_text()
     assert "4 of 8 jobs are not done: 4 failed." in page and page.count("non-finite loss") == 4
     for plot in ["win_rate_vs_size", "win_rate_matrix", "reward_distributions", "logp_dynamics", "reward_kl",
-                 "diversity", "compute"]:
+                 "diversity", "compute", "reward_margins"]:
         assert (tmp_path / "default" / "report" / f"{plot}.png").stat().st_size > 5000
     assert (tmp_path / "default" / "runs.parquet").exists() and (tmp_path / "default" / "runs.csv").exists()
 

@@ -145,10 +145,13 @@ def plot_reward_distributions(df: pd.DataFrame) -> plt.Figure:
     fig, axes = plt.subplots(1, len(models), figsize=(4.5 * len(models), 3.6), squeeze=False, sharey=True)
     for ax, model in zip(axes[0], models):
         g = d[d["model"] == model]
-        for series in series_order(g):
-            vals = [s for r in g[g["series"] == series]["run_dir"] for v in _scores_by_prompt(r).values() for s in v]
+        values = {series: [s for r in g[g["series"] == series]["run_dir"] for v in _scores_by_prompt(r).values()
+                           for s in v] for series in series_order(g)}
+        pooled = [v for vals in values.values() for v in vals]
+        edges = np.histogram_bin_edges(pooled, bins=30) if pooled else 30  # one binning for every series
+        for series, vals in values.items():
             if vals:
-                ax.hist(vals, bins=30, histtype="step", density=True, label=series, lw=1.5)
+                ax.hist(vals, bins=edges, histtype="step", density=True, label=series, lw=1.5)
         ax.set(title=model, xlabel="judge score")
     axes[0][0].set_ylabel("density")
     axes[0][0].legend()
@@ -161,7 +164,8 @@ def plot_logp_dynamics(df: pd.DataFrame) -> plt.Figure:
     d = done(df)
     names = series_order(d)
     fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.4), squeeze=False, sharey=True)
-    colors = dict(zip(sizes(d), plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    models = sizes(d)  # sizes in shades of grey, so they are not read as the methods' colours
+    colors = {m: str(0.65 * i / max(len(models) - 1, 1)) for i, m in enumerate(reversed(models))}
     for ax, series in zip(axes[0], names):
         for _, run in d[d["series"] == series].iterrows():
             rows = [r for r in read_jsonl(Path(run["run_dir"]) / "metrics.jsonl") if "probe/logps_chosen" in r]
@@ -172,7 +176,7 @@ def plot_logp_dynamics(df: pd.DataFrame) -> plt.Figure:
                 ax.plot(steps, [r["probe/logps_rejected"] for r in rows], color=c, ls="--")
         ax.set(title=series, xlabel="step")
     axes[0][0].set_ylabel("summed log-prob (held-out)")
-    axes[0][0].legend(title="solid chosen, dashed rejected", fontsize=7, title_fontsize=7)
+    axes[0][0].legend(title="solid chosen, dashed rejected", fontsize=8, title_fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -196,7 +200,10 @@ def plot_reward_kl(df: pd.DataFrame) -> plt.Figure:
                 ax.annotate(label, (r["eval/kl"], r["eval/score_mean"]), fontsize=7, alpha=0.8)
     ax.set(xlabel="KL(pi || pi_SFT), nats per sample", ylabel="mean judge score",
            title="reward vs KL frontier (marker size = model size, x = collapsed)")
-    ax.legend(fontsize=8)
+    methods = ax.legend(fontsize=8, loc="upper left", title="method", title_fontsize=8)
+    ax.add_artist(methods)
+    ax.legend([ax.scatter([], [], s=18 + 30 * i, color="grey") for i in rank.values()], list(rank), fontsize=8,
+              loc="lower right", title="model size", title_fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -204,6 +211,7 @@ def plot_reward_kl(df: pd.DataFrame) -> plt.Figure:
 def _bars(df: pd.DataFrame, columns: dict[str, str], title: str) -> plt.Figure:
     d = done(df)
     models, names = sizes(d), series_order(d)
+    columns = {c: label for c, label in columns.items() if c in d and d[c].notna().any()} or columns  # no empty panels
     fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.6), squeeze=False)
     width = 0.8 / max(len(names), 1)
     for ax, (col, label) in zip(axes[0], columns.items()):
@@ -215,10 +223,10 @@ def _bars(df: pd.DataFrame, columns: dict[str, str], title: str) -> plt.Figure:
         ax.set_xticks(np.arange(len(models)) + width * (len(names) - 1) / 2, models)
         ax.set_title(label, fontsize=10)
     drawn = [ax for ax in axes[0] if ax.get_legend_handles_labels()[0]]
-    if drawn:
-        drawn[0].legend(fontsize=7)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    if drawn:  # below the panels, where it covers no bar
+        fig.legend(*drawn[0].get_legend_handles_labels(), loc="lower center", ncol=min(len(names), 6), fontsize=8)
     return fig
 
 
@@ -227,6 +235,11 @@ def plot_diversity(df: pd.DataFrame) -> plt.Figure:
                       "eval/aid": "AID: across-prompt cosine (lower = more diverse)",
                       "eval/distinct_1": "distinct-1 (higher = more diverse)",
                       "eval/distinct_2": "distinct-2 (higher = more diverse)"}, "lexical diversity")
+
+
+def plot_reward_margins(df: pd.DataFrame) -> plt.Figure:
+    return _bars(df, {"eval/reward_margin": "implicit reward margin (held-out pairs)",
+                      "eval/reward_accuracy": "reward accuracy (margin > 0)"}, "implicit reward on held-out pairs")
 
 
 def plot_compute(df: pd.DataFrame) -> plt.Figure:
@@ -259,6 +272,10 @@ PLOTS = {  # name: (plot, title, caption, the column it needs beyond the basics 
                   "Mean judge score against KL from the SFT policy, estimated on each run's own samples. Up and "
                   "to the left is better; a beta sweep (sweep=beta) traces each method's frontier. x: collapsed.",
                   None),
+    "reward_margins": (plot_reward_margins, "Implicit reward margins",
+                       "beta * [(log pi - log pi_SFT)(chosen) - (log pi - log pi_SFT)(rejected)] on the held-out "
+                       "pairs, mean per series and size (one meaning for every method: the SFT anchor, "
+                       "eval.beta = 0.1), and the share of pairs it ranks right.", "eval/reward_margin"),
     "diversity": (plot_diversity, "Lexical diversity",
                   "PID/AID: mean pairwise cosine similarity of MiniLM embeddings within a prompt's samples / across "
                   "prompts (ORPO section 6.4), lower = more diverse; distinct-n, higher = more diverse.", None),
