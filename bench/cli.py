@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import sys
 from pathlib import Path
@@ -250,6 +251,7 @@ COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "methods": cmd_methods, "eval": 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)  # "building the font cache", once a machine
     import transformers
 
     transformers.utils.logging.disable_progress_bar()

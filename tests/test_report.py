@@ -120,6 +120,10 @@ def test_report_a_b_highlights_what_differs_between_two_sweeps(sweep, tmp_path):
     assert [k[0] for k in rows][0] == "tiny-xs"  # sizes by parameter count
     page = (other / "report" / "compare.html").read_text()
     assert page.count("<tr class='differs'>") == 1 and "none: the same configs" in page
+    common = [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*common, "--dump-dom", (other / "report" / "compare.html").as_uri()], capture_output=True,
+                         text=True, timeout=120).stdout
+    assert dom.count('<tr class="differs">') == 1 and dom.count('<tr class="identical">') == len(rows) - 1
     a = load_runs(sweep)
     assert config_differences(a, a.assign(**{"config.trainer.lr": 0.002})) == \
         [("trainer.lr", ", ".join(sorted({str(v) for v in a["config.trainer.lr"]})), "0.002")]
