@@ -108,7 +108,6 @@ def cmd_sweep(args: list[str]) -> int:
     from bench.job.sweep import HYDRA_FLAGS, adhoc_sweep_args, list_overrides, plan, record, sweep_dir_overrides
 
     if any(a in HYDRA_FLAGS for a in args):  # --cfg job, --info, --help ...: Hydra answers, nothing runs
-        _register_resolvers()
         _hydra(list_overrides(adhoc_sweep_args(args)))
         return 0
     args = adhoc_sweep_args(sweep_dir_overrides(list_overrides(args)))

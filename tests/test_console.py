@@ -3,17 +3,20 @@ import io
 import json
 import time
 
+from omegaconf import OmegaConf
+
+from bench.cli import compose_config
 from bench.job import progress
 from bench.job.progress import SweepProgress
 from bench.job.sweep import Job
 
 
-def _job(sweep, name, status=None, step=None, steps=10):
+def _job(sweep, name, status=None, step=None, overrides=("method=dpo", "trainer.steps=10")):
     run = sweep / name
     run.mkdir(parents=True)
     if status:
         (run / "summary.json").write_text(json.dumps({"status": status}))
-        (run / "config.yaml").write_text(f"trainer:\n  steps: {steps}\n")
+        (run / "config.yaml").write_text(OmegaConf.to_yaml(compose_config(list(overrides)), resolve=True))
     if step is not None:
         (run / "metrics.jsonl").write_text(json.dumps({"step": step // 2}) + "\n" + json.dumps({"step": step}) + "\n")
     return Job(name, [], "digest", {})
@@ -24,6 +27,15 @@ def test_the_overall_line_counts_ended_jobs_and_shows_running_steps(tmp_path):
             _job(tmp_path, "d--4", "failed"), Job("e--5", [], "x", {}, refused="bad config")]
     line = SweepProgress(tmp_path, jobs).line()
     assert line == "jobs 2/4 ended | running: b 4/10"  # a refused job is not waited for
+
+
+def test_a_running_job_shows_the_steps_its_budget_plans(tmp_path):
+    """budget=matched: ORPO and SFT start from the base model and also train the SFT stage's steps."""
+    matched = ["trainer.steps=10", "stages.sft.steps=30"]
+    jobs = [_job(tmp_path, "orpo--1", "running", step=12, overrides=["method=orpo", *matched]),
+            _job(tmp_path, "dpo--2", "running", step=3, overrides=["method=dpo", *matched]),
+            _job(tmp_path, "sft--3", "running", step=5, overrides=["method=sft", "budget=per_stage", *matched])]
+    assert SweepProgress(tmp_path, jobs).line() == "jobs 0/3 ended | running: orpo 12/40; dpo 3/10; sft 5/10"
 
 
 def test_off_a_terminal_the_line_is_printed_plainly_when_it_changes(tmp_path, monkeypatch):

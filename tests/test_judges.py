@@ -92,25 +92,35 @@ class FakeLLM(http.server.BaseHTTPRequestHandler):
         if kind == "stall":
             time.sleep(0.5)
             return
-        content = {"garbage": "I think it is pretty good!", "range": '{"score": 42}'}.get(kind, f'{{"score": {kind}}}')
-        payload = json.dumps({"choices": [{"message": {"content": content}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+        canned = {"garbage": "I think it is pretty good!", "range": '{"score": 42}'}
+        reply(self, canned.get(kind, f'{{"score": {kind}}}'))
 
     def log_message(self, *args):
         pass
 
 
-@pytest.fixture()
-def llm_server():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeLLM)
+def reply(handler, content):
+    """An OpenAI-style chat completion whose message is ``content``."""
+    payload = json.dumps({"choices": [{"message": {"content": content}}]}).encode()
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(payload)))
+    handler.end_headers()
+    handler.wfile.write(payload)
+
+
+def serve(handler):
+    """A threading HTTP server on 127.0.0.1 with ``handler``; yields its /v1 base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    FakeLLM.calls = 0
     yield f"http://127.0.0.1:{server.server_address[1]}/v1"
     server.shutdown()
+
+
+@pytest.fixture()
+def llm_server():
+    FakeLLM.calls = 0
+    yield from serve(FakeLLM)
 
 
 def llm_cfg(url, **kw):
@@ -171,13 +181,9 @@ class PairwiseLLM(http.server.BaseHTTPRequestHandler):
             content = json.dumps({"winner": winner})
         else:
             content = json.dumps({"score": min(10, len(text.rsplit("Assistant: ", 1)[-1].split()))})
-        payload = json.dumps({"choices": [{"message": {"content": content}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-        with PairwiseLLM.lock:
+        with PairwiseLLM.lock:  # before the reply: once the client has it, its next request may arrive at once
             PairwiseLLM.in_flight -= 1
+        reply(self, content)
 
     def log_message(self, *args):
         pass
@@ -185,11 +191,8 @@ class PairwiseLLM(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def pairwise_server():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), PairwiseLLM)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     PairwiseLLM.biased, PairwiseLLM.most, PairwiseLLM.seen = False, 0, []
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
+    yield from serve(PairwiseLLM)
 
 
 def test_pairwise_verdicts_in_both_orders_cancel_a_position_bias(pairwise_server, monkeypatch):

@@ -18,6 +18,7 @@ from bench.data.sources import corpus_limits, corpus_rows, task_spec
 from bench.data.tokenizer import train_bpe
 from bench.data.views import View, build_view, pad_batch
 from bench.io.stages import build_stage, stage_key
+from bench.job.config import method_from_config
 from bench.model.logprobs import sequence_logps
 from bench.model.models import attach_lora, from_scratch, load_model, load_pretrained, n_params, save_model
 from bench.train.trainer import TrainSpec, train
@@ -39,6 +40,14 @@ def run_spec(cfg: DictConfig, init: str) -> TrainSpec:
     if spec.epochs and stage.epochs:
         return replace(spec, epochs=spec.epochs + stage.epochs)
     return replace(spec, steps=spec.steps + stage.steps)
+
+
+def planned_steps(cfg: DictConfig) -> int | None:
+    """The optimizer steps a run's config plans (its method's init, its budget); None when it trains for
+    epochs (their steps follow from the data, resolved in the trainer)."""
+    init = method_from_config(cfg.method, cfg.strength).init if cfg.init == "auto" else cfg.init
+    spec = run_spec(cfg, init)
+    return None if spec.epochs else spec.steps
 
 
 @dataclass

@@ -13,9 +13,11 @@ import threading
 import time
 from pathlib import Path
 
+from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from bench.io.results import read_json
+from bench.job.pipeline import planned_steps
 from bench.job.sweep import Job
 
 TTY_EVERY, FILE_EVERY = 2.0, 30.0
@@ -30,11 +32,10 @@ def _last_step(run_dir: Path) -> int:
 
 
 def _steps(run_dir: Path) -> int | None:
+    """The run's planned optimizer steps (with budget=matched, a run from base also trains the SFT stage's)."""
     try:
-        from omegaconf import OmegaConf
-
-        return int(OmegaConf.load(run_dir / "config.yaml").trainer.steps)
-    except Exception:  # not written yet, or epochs-based
+        return planned_steps(OmegaConf.load(run_dir / "config.yaml"))
+    except Exception:  # not written yet, or from an older version of the config
         return None
 
 
