@@ -21,14 +21,58 @@ SMOKE = ["model=tiny-xs", "task.n_pairs=160", "task.corpus_size=200", "task.eval
 
 
 def prefbench(*args, cwd=None, check=True, timeout=600, env=None):
-    """Run the real `prefbench` console script; returns the CompletedProcess."""
-    exe = Path(sys.executable).parent / "prefbench"
-    proc = subprocess.run([str(exe), *map(str, args)], cwd=cwd or REPO, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    """Run `prefbench ARGS` in a process of its own; returns the CompletedProcess.
+
+    The process is forked from a server that has imported prefbench's modules once (torch, transformers and
+    accelerate take ~10 s of CPU to import, and the suite runs ~70 commands), and runs the console script's
+    own function, ``bench.cli.main``, with this process's environment, in ``cwd``, with its output in files.
+    An ``env`` beyond the fault hook (a plugin's PYTHONPATH, a tracker's variables, both read when a package
+    is imported) runs the installed console script itself in a new interpreter."""
+    argv, extra = [str(a) for a in args], {k: v for k, v in (env or {}).items() if k != "PREFBENCH_KILL_AT"}
+    if extra:
+        proc = subprocess.run([str(Path(sys.executable).parent / "prefbench"), *argv], cwd=cwd or REPO,
+                              capture_output=True, text=True, timeout=timeout, env={**os.environ, **env})
+    else:
+        proc = _forked(argv, Path(cwd or REPO), {**os.environ, **(env or {})}, timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"prefbench {' '.join(map(str, args))} failed ({proc.returncode}):\n"
                              f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
+
+
+_PRELOAD = ["bench.cli", "bench.job.run", "bench.job.sweep", "bench.report.build"]
+
+
+def _main_in_child(argv: list[str], cwd: str, env: dict, out: str, err: str) -> None:
+    """The console script in a forked child: its environment and folder, stdout and stderr in files."""
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    for fd, path in ((1, out), (2, err)):
+        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+    sys.argv = [str(Path(sys.executable).parent / "prefbench"), *argv]
+    from bench.cli import main
+
+    sys.exit(main(argv))
+
+
+def _forked(argv: list[str], cwd: Path, env: dict, timeout: float) -> subprocess.CompletedProcess:
+    import multiprocessing
+    import tempfile
+
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(_PRELOAD)
+    with tempfile.TemporaryDirectory() as tmp:
+        out, err = f"{tmp}/stdout", f"{tmp}/stderr"
+        child = ctx.Process(target=_main_in_child, args=(argv, str(cwd), env, out, err))
+        child.start()
+        child.join(timeout)
+        if child.exitcode is None:
+            child.kill()
+            child.join()
+            raise subprocess.TimeoutExpired(["prefbench", *argv], timeout)
+        return subprocess.CompletedProcess(["prefbench", *argv], child.exitcode, Path(out).read_text(),
+                                           Path(err).read_text())
 
 
 def install_package(tmp_path: Path, package: str, source: str, entry_points: str) -> dict:
