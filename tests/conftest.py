@@ -4,8 +4,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import atexit  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import threading  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -53,7 +55,12 @@ def _main_in_child(argv: list[str], cwd: str, env: dict, out: str, err: str) -> 
     sys.argv = [str(Path(sys.executable).parent / "prefbench"), *argv]
     from bench.cli import main
 
-    sys.exit(main(argv))
+    try:
+        code = main(argv)
+    finally:  # the interpreter's exit, which a multiprocessing child skips: threading's exit hooks (joblib's
+        threading._shutdown()  # loky pool stops its workers there; without it the child waits out their 300 s
+        atexit._run_exitfuncs()  # idle timeout), then atexit's
+    sys.exit(code)
 
 
 def _forked(argv: list[str], cwd: Path, env: dict, timeout: float) -> subprocess.CompletedProcess:
@@ -94,6 +101,15 @@ def run_dir(parent: Path, prefix: str) -> Path:
     found = [p for p in Path(parent).glob(f"{prefix}*") if p.is_dir() and p.name[len(prefix):][:1] in (",", "-")]
     assert len(found) == 1, (prefix, sorted(p.name for p in Path(parent).iterdir()))
     return found[0]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` need a CUDA device: skipped, with the reason, where torch sees none."""
+    if torch.cuda.is_available():
+        return
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is False)"))
 
 
 @pytest.fixture(scope="session")

@@ -91,3 +91,19 @@ def test_prefbench_run_under_two_processes_stops_with_one_line(launcher, tmp_pat
     [line] = errors(proc)
     assert "`prefbench run` runs as one process" in line and "torchrun --nproc_per_node N" in line
     assert not any(tmp_path.rglob("summary.json"))
+
+
+def test_only_rank_0_fails_a_refused_launch(monkeypatch, capsys):
+    """torchrun stops every worker once one fails: a failing rank 1 could kill rank 0 before it printed why
+    (CI saw no line). Rank 1 leaves with status 0 and says nothing; rank 0 raises the one line."""
+    from bench.io.errors import UserError
+    from bench.train.distributed import refuse_multiprocess
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(SystemExit) as stop:
+        refuse_multiprocess("run")
+    assert stop.value.code == 0 and capsys.readouterr() == ("", "")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(UserError, match="runs as one process"):
+        refuse_multiprocess("run")

@@ -71,11 +71,12 @@ def check_world(num_processes: int) -> None:
 
 def refuse_multiprocess(command: str) -> None:
     """Start-up check of the ``prefbench`` commands: a multi-process launch stops with one line, printed
-    by rank 0 only; the other ranks exit with the same status silently."""
+    by rank 0, whose status 2 fails the launch. The other ranks leave silently with status 0: a failing
+    rank makes torchrun stop the rest at once, which could kill rank 0 before it says why."""
     if launched_world_size() == 1 and not accelerate_simple_launch_of_many():
         return
     if int(os.environ.get("RANK", "0")) != 0:
-        raise SystemExit(2)
+        raise SystemExit(0)
     raise UserError(f"`prefbench {command}` runs as one process (its stages, reference cache and evaluation are "
                     f"not multi-process); multi-process runs are supported for training only: {HOW}")
 
