@@ -28,6 +28,12 @@ def _seed_points(ax, d, x_col, y_col, color, dodge: float = 1.0):
     ax.scatter(d.loc[bad, x_col] * dodge, d.loc[bad, y_col], color=color, alpha=0.8, s=40, marker="x")
 
 
+def _legend(ax, **kwargs) -> None:
+    """A legend of what the axes labelled; none, and no matplotlib warning, where nothing was drawn."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kwargs)
+
+
 def _errorbar(ax, x, s: pd.DataFrame, label: str):
     err = np.nan_to_num(np.vstack([s["mean"] - s["ci_low"], s["ci_high"] - s["mean"]]).astype(float))
     return ax.errorbar(x, s["mean"], yerr=err, marker="o", capsize=3, label=label)[0]
@@ -154,7 +160,7 @@ def plot_reward_distributions(df: pd.DataFrame) -> plt.Figure:
                 ax.hist(vals, bins=edges, histtype="step", density=True, label=series, lw=1.5)
         ax.set(title=model, xlabel="judge score")
     axes[0][0].set_ylabel("density")
-    axes[0][0].legend()
+    _legend(axes[0][0])
     fig.tight_layout()
     return fig
 
@@ -176,7 +182,7 @@ def plot_logp_dynamics(df: pd.DataFrame) -> plt.Figure:
                 ax.plot(steps, [r["probe/logps_rejected"] for r in rows], color=c, ls="--")
         ax.set(title=series, xlabel="step")
     axes[0][0].set_ylabel("summed log-prob (held-out)")
-    axes[0][0].legend(title="solid chosen, dashed rejected", fontsize=8, title_fontsize=8)
+    _legend(axes[0][0], title="solid chosen, dashed rejected", fontsize=8, title_fontsize=8)
     fig.tight_layout()
     return fig
 
