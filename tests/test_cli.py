@@ -89,6 +89,7 @@ def test_reference_cache_skips_the_reference_forward(tmp_path):
     (["eval.top_p=0.9"], "prefbench: error: eval.top_p must be 1 (got 0.9): the KL to the anchor is estimated"),
     (["+method.gamma=1"], "prefbench: error: method.gamma is not a parameter of dpo; allowed: beta"),
     (["seed=abc"], "prefbench: error: seed must be an integer (got 'abc')"),
+    (["+model.arch.model_type=nope"], "prefbench: error: model.arch.model_type='nope' is not one of transformers'"),
 ])
 def test_bad_config_is_one_clear_line(tmp_path, args, message):
     proc = prefbench("run", f"results_dir={tmp_path}", *args, check=False)

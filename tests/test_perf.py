@@ -86,3 +86,32 @@ def test_online_perf_times_whole_steps_on_both_sides(tmp_path):
         for impl in ("prefbench", "trl"):
             trial = saved["trials"][method][impl][0]
             assert 0 < trial["generated_tokens"] <= 2 * 2 * 4 * 8 and trial["tokens"] > trial["generated_tokens"]
+
+
+def test_gpu_settings_and_mfu_on_this_machine(tmp_path):
+    """device=, model= (a from-scratch shape) and MFU over a given peak; device=cuda without CUDA is one line."""
+    import torch
+
+    if not torch.cuda.is_available():
+        bad = prefbench("perf", "device=cuda", check=False)
+        assert bad.returncode == 2 and "perf: device=cuda, but torch" in bad.stderr and "sees no CUDA device" in bad.stderr
+    bad = prefbench("perf", "model=opt-125m", check=False)
+    assert bad.returncode == 2 and "perf: model='opt-125m' is not a from-scratch model yaml; allowed:" in bad.stderr
+    out = prefbench("perf", "methods=[tdpo]", "steps=2", "reps=1", "batch_size=2", "model=tiny-xs", "vocab=1024",
+                    "device=cpu", "peak_tflops=0.5", f"out={tmp_path}").stdout
+    saved = json.loads(next(tmp_path.glob("perf-*.json")).read_text())
+    row, env = saved["table"][0], saved["environment"]
+    assert row["prefbench_mfu"] == pytest.approx(6 * saved["model"]["n_params"] * row["prefbench_tokens_per_s"] / 0.5e12)
+    assert env["peak_tflops"] == 0.5 and env["peak_source"] == "peak_tflops=0.5" and env["device"].startswith("cpu")
+    assert "model=tiny-xs" in out and "MFU (6 N tokens/s over 0.5 TFLOP/s, peak_tflops=0.5): tdpo" in out
+    assert 50_000 < saved["model"]["n_params"] < 300_000  # tiny-xs's shape (0.16M at its own task's vocabulary)
+
+
+def test_the_peak_that_mfu_divides_by():
+    from bench.perf.measure import mfu, peak_tflops
+
+    assert peak_tflops("NVIDIA H100 80GB HBM3", None) == (989.5, "H100 dense bf16 (NVIDIA datasheet)")
+    assert peak_tflops("NVIDIA H100 PCIe", None)[0] == 756.5 and peak_tflops("NVIDIA H200", None)[0] == 989.5
+    assert peak_tflops("NVIDIA A100-SXM4-80GB", None)[0] == 312.0 and peak_tflops("NVIDIA L4", None)[0] == 121.0
+    assert peak_tflops("cpu (2 threads of 2 cores)", None)[0] is None and peak_tflops("cpu", 2.0)[0] == 2.0
+    assert mfu(10**9, 1000.0, 100.0) == pytest.approx(0.06) and mfu(10**9, 1000.0, None) is None

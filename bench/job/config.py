@@ -8,6 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 from bench import CONF_DIR
 from bench.eval.judges import check_judge
 from bench.io.errors import NotApplicable, UserError
+from bench.model.models import scratch_config
 from methods import Method, StrengthNotApplicable, apply_strength, build_method, registry, view_spec
 
 INTEGER = ("seed", "threads", "stages.base.seed")  # read with int() later: a string must stop here, with one line
@@ -39,6 +40,8 @@ def validate(cfg: DictConfig) -> None:
                         f"out a sampled token; use eval.temperature to sharpen the samples")
     if cfg.task.get("n_pairs") is not None and cfg.task.n_pairs < 1:
         raise UserError(f"task.n_pairs must be > 0 (got {cfg.task.n_pairs}): the dataset would be empty")
+    if cfg.model.get("source") == "scratch":  # an unknown model_type or shape stops here, not in the base stage
+        scratch_config(OmegaConf.to_container(cfg.model.arch), vocab_size=8)
     check_splits(cfg)
     check_curve(cfg)
     check_judge(cfg)

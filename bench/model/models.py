@@ -1,4 +1,4 @@
-"""Models: tiny Llama configs built from scratch, or any hub id / local path; loading and saving our own."""
+"""Models: architectures built from scratch (tiny Llamas, hub-size shapes), or any hub id / local path; loading and saving our own."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from bench.io.errors import UserError
 from bench.io.hub import friendly_hub_errors
@@ -19,23 +19,34 @@ def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def from_scratch(cfg: DictConfig, tokenizer, seed: int) -> LlamaForCausalLM:
-    """A randomly initialised Llama with the sizes in ``cfg.arch`` and the tokenizer's vocabulary."""
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=cfg.arch.hidden_size,
-        intermediate_size=cfg.arch.intermediate_size,
-        num_hidden_layers=cfg.arch.num_layers,
-        num_attention_heads=cfg.arch.num_heads,
-        num_key_value_heads=cfg.arch.num_heads,
-        max_position_embeddings=cfg.arch.max_positions,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-    )
+# arch keys of a model yaml -> the transformers config's names; any other arch key is passed through as it is
+ARCH_NAMES = {"num_layers": "num_hidden_layers", "num_heads": "num_attention_heads",
+              "num_kv_heads": "num_key_value_heads", "max_positions": "max_position_embeddings"}
+
+
+def scratch_config(arch: dict, vocab_size: int, special_ids: dict | None = None):
+    """The transformers config of a model built from scratch: ``arch`` from the model yaml, ``model_type`` one
+    of transformers' (llama when absent: the tiny models), embeddings tied unless it says otherwise, the
+    vocabulary and special tokens of the task's tokenizer."""
+    arch = dict(arch)
+    model_type = arch.pop("model_type", "llama")
+    if model_type == "llama":  # the tiny models' configs predate num_kv_heads: full multi-head attention
+        arch.setdefault("num_kv_heads", arch["num_heads"])
+    arch.setdefault("tie_word_embeddings", True)
+    kwargs = {ARCH_NAMES.get(k, k): v for k, v in arch.items()}
+    try:
+        return AutoConfig.for_model(model_type, vocab_size=vocab_size, **(special_ids or {}), **kwargs)
+    except ValueError:
+        raise UserError(f"model.arch.model_type={model_type!r} is not one of transformers' model types "
+                        "(e.g. llama, gpt_neox, qwen2)") from None
+
+
+def from_scratch(cfg: DictConfig, tokenizer, seed: int):
+    """A randomly initialised causal LM of the shape ``cfg.arch`` with the tokenizer's vocabulary."""
+    config = scratch_config(OmegaConf.to_container(cfg.arch), len(tokenizer),
+                            {k: getattr(tokenizer, k) for k in ("pad_token_id", "eos_token_id", "bos_token_id")})
     torch.manual_seed(seed)
-    return LlamaForCausalLM(config)
+    return AutoModelForCausalLM.from_config(config)
 
 
 def attach_lora(model, lora: DictConfig):

@@ -4,7 +4,7 @@
                    [hidden=256] [layers=4] [vocab=2048] [lr=1e-4] [beta=0.1] [threads=2]
                    [gradient_checkpointing=true] [packing=true] [profile=false] [data=reviews|hh]
                    [hh_path=../shared/data/hh-rlhf-harmless-base/test.jsonl.gz] [out=results/perf]
-                   [samples=4] [max_new_tokens=64]
+                   [samples=4] [max_new_tokens=64] [device=auto|cpu|cuda] [model=NAME] [peak_tflops=X]
 
 For each method, trials alternate prefbench / TRL for ``reps`` repetitions, each in a fresh process (so
 peak memory is per trial). Both start from the same random-init Llama, see the same rows in the same order
@@ -16,7 +16,10 @@ trials are flagged. Online methods (grpo, rloo) are timed over whole steps, samp
 gold reward. TRL's trainer for a method comes from ``bench.perf.trl_adapters``; a method without
 an adapter (a plugin) is measured on prefbench alone. data=reviews: the built-in review task, lengthened
 to 50-256 tokens; data=hh: real HH-RLHF rows, only those that fit in seq_len untruncated (the two
-trainers truncate differently, and inputs must be identical).
+trainers truncate differently, and inputs must be identical). model=NAME takes the shape of a from-scratch model
+yaml in conf/model (e.g. pythia-1b-scratch, qwen2.5-0.5b-scratch) instead of the hidden x layers Llama. device=cuda
+refuses to run without a CUDA device; device=cpu hides the GPUs from the trials. MFU (6 N tokens/s over the
+peak) is printed where the peak is known: the GPU's dense bf16 peak (bench.perf.measure), or peak_tflops=.
 """
 from __future__ import annotations
 
@@ -31,7 +34,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from bench.io.errors import UserError
-from bench.perf.measure import contention, environment
+from bench import CONF_DIR
+from bench.perf.measure import contention, environment, mfu, peak_tflops
 from bench.perf.trl_adapters import ADAPTERS
 
 DEFAULTS = {"methods": ["sft", "dpo", "ipo", "kto", "orpo"], "steps": 20, "reps": 3, "batch_size": 8,
@@ -40,7 +44,8 @@ DEFAULTS = {"methods": ["sft", "dpo", "ipo", "kto", "orpo"], "steps": 20, "reps"
             "packing": True,  # prefbench's padding-free forwards (false: length groups), for ablation
             "profile": False,  # torch.profiler tables of each side's training, saved beside the JSON
             "data": "reviews", "hh_path": "../shared/data/hh-rlhf-harmless-base/test.jsonl.gz",
-            "out": "results/perf", "samples": 4, "max_new_tokens": 64}
+            "out": "results/perf", "samples": 4, "max_new_tokens": 64,
+            "device": "auto", "model": None, "peak_tflops": None}
 USAGE = __doc__.split("\n\n")[1]
 
 
@@ -58,7 +63,22 @@ def parse(args: list[str]):
     missing = [m for m in cfg.methods if m not in registry()]
     if missing:
         raise UserError(f"perf: method {missing[0]!r} is not registered; registered: {', '.join(registry())}")
+    check_device(cfg.device)
+    scratch = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml")
+                     if OmegaConf.load(p).get("source") == "scratch")
+    if cfg.model is not None and cfg.model not in scratch:
+        raise UserError(f"perf: model={cfg.model!r} is not a from-scratch model yaml; allowed: {', '.join(scratch)}")
     return cfg
+
+
+def check_device(device: str) -> None:
+    import torch
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"perf: device={device!r} is not allowed; allowed: auto, cpu, cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"perf: device=cuda, but torch {torch.__version__} sees no CUDA device "
+                        f"(built for CUDA {torch.version.cuda or 'none: a CPU-only wheel'})")
 
 
 def trial_main(argv: list[str]) -> int:
@@ -75,9 +95,10 @@ def trial_main(argv: list[str]) -> int:
 
 
 def _trial(impl: str, method: str, cfg) -> dict:
+    hide_gpus = {"CUDA_VISIBLE_DEVICES": ""} if cfg.device == "cpu" else {}
     proc = subprocess.run([sys.executable, "-m", "bench.perf", "--trial", impl, method,
                            json.dumps(OmegaConf.to_container(cfg))], capture_output=True, text=True,
-                          env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+                          env={**os.environ, "TOKENIZERS_PARALLELISM": "false", **hide_gpus})
     error = next((ln for ln in proc.stdout.splitlines() if ln.startswith("PERF_ERROR ")), None)
     if error is not None:
         raise UserError(json.loads(error.removeprefix("PERF_ERROR ")))
@@ -87,12 +108,14 @@ def _trial(impl: str, method: str, cfg) -> dict:
     return json.loads(line.removeprefix("PERF_RESULT "))
 
 
-def summarise(method: str, by: dict[str, list[dict]], cores: int) -> dict:
-    """One table row: each side's median tokens/s (its own tokens over its own wall seconds), CPU seconds,
-    peak memory and final loss, the ratios, and why the trials look contended."""
+def summarise(method: str, by: dict[str, list[dict]], cores: int, tflops: float | None = None) -> dict:
+    """One table row: each side's median tokens/s (its own tokens over its own wall seconds), MFU where the
+    peak is known, CPU seconds, peak memory and final loss, the ratios, and why the trials look contended."""
     row = {"method": method, "trl_trainer": ADAPTERS[method].label if method in ADAPTERS else ""}
+    n_params = by["prefbench"][0]["n_params"]  # the same model on both sides
     for impl, trials in by.items():
         row[f"{impl}_tokens_per_s"] = statistics.median(t["tokens"] / t["seconds"] for t in trials)
+        row[f"{impl}_mfu"] = mfu(n_params, row[f"{impl}_tokens_per_s"], tflops)
         row[f"{impl}_seconds"] = statistics.median(t["seconds"] for t in trials)
         row[f"{impl}_cpu_seconds"] = statistics.median(t["cpu_seconds"] for t in trials)
         row[f"{impl}_peak_mb"] = statistics.median(t["peak_mb"] for t in trials)
@@ -130,15 +153,19 @@ def main(args: list[str]) -> int:
                 print(f"  rep {rep} {method:5} {impl:9} {r['seconds']:7.2f} s wall {r['cpu_seconds']:7.2f} s CPU  "
                       f"{r['peak_mb']:7.1f} MiB  loss {r['losses'][-1]:.4f}", flush=True)
     cores = os.cpu_count() or 1
-    table = [summarise(method, by, cores) for method, by in results.items()]
+    env = environment(int(cfg.threads))
+    tflops, peak_source = peak_tflops(env["device"], cfg.peak_tflops)
+    env |= {"peak_tflops": tflops, "peak_source": peak_source}
+    table = [summarise(method, by, cores, tflops) for method, by in results.items()]
     by_method = {r["method"]: r for r in table}
     if "orpo" in by_method:
         for m in ("dpo", "ipo", "kto"):
             if m in by_method:  # seconds per step relative to ORPO, both prefbench, reference log-probs cached
                 by_method[m]["step_cost_vs_orpo"] = by_method[m]["prefbench_seconds"] / by_method["orpo"]["prefbench_seconds"]
     first = next(iter(next(iter(results.values()))["prefbench"]))
-    print(f"\ndata={cfg.data} steps={cfg.steps} batch={cfg.batch_size} seq_len<={cfg.seq_len} hidden={cfg.hidden} "
-          f"layers={cfg.layers} vocab={first['vocab']} params={first['n_params']:,} threads={cfg.threads} "
+    shape = f"model={cfg.model}" if cfg.model else f"hidden={cfg.hidden} layers={cfg.layers}"
+    print(f"\ndevice={env['device']} data={cfg.data} steps={cfg.steps} batch={cfg.batch_size} seq_len<={cfg.seq_len} "
+          f"{shape} vocab={first['vocab']} params={first['n_params']:,} threads={cfg.threads} "
           f"gradient_checkpointing={cfg.gradient_checkpointing} reps={cfg.reps} (medians)")
     print(f"{'method':6} {'prefbench tok/s':>15} {'TRL tok/s':>10} {'ratio':>6} {'time ratio':>10} {'pb MiB':>8} "
           f"{'TRL MiB':>8} {'pb loss':>8} {'TRL loss':>8} {'step/ORPO':>9}")
@@ -156,7 +183,13 @@ def main(args: list[str]) -> int:
                 print(f"  warning: {r['method']} {impl} trials look contended ({r[f'{impl}_contention']}); "
                       f"rerun with nothing else running", flush=True)
     path = Path(cfg.out) / f"perf-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    write_json(path, {"config": OmegaConf.to_container(cfg), "environment": environment(int(cfg.threads)),
+    if tflops:
+        print(f"MFU (6 N tokens/s over {tflops:g} TFLOP/s, {peak_source}): " + ", ".join(
+            f"{r['method']} {r['prefbench_mfu']:.1%}" + (f" (TRL {r['trl_mfu']:.1%})" if r.get("trl_mfu") else "")
+            for r in table))
+    else:
+        print(f"MFU: the peak FLOP/s is {peak_source}")
+    write_json(path, {"config": OmegaConf.to_container(cfg), "environment": env,
                       "model": {"vocab": first["vocab"], "n_params": first["n_params"]}, "table": table,
                       "trials": results})
     print(f"saved: {path}  (plots: prefbench report {cfg.out})")

@@ -1,10 +1,11 @@
-"""The inputs both sides of ``prefbench perf`` share: rows, tokenizer and the random-init Llama."""
+"""The inputs both sides of ``prefbench perf`` share: rows, tokenizer and the random-init model."""
 from __future__ import annotations
 
 import random
 
 from omegaconf import OmegaConf
 
+from bench import CONF_DIR
 from bench.io.errors import UserError
 
 
@@ -21,10 +22,11 @@ def rows(cfg) -> list[dict]:
     from bench.data.tasks import get_task
 
     task, rng = get_task("reviews"), random.Random(0)
+    k = max(1, int(cfg.seq_len) // 256)  # 50-256 tokens at seq_len 256, k times longer at k times the length
     out = []
     for _ in range(2 * n):  # spares for the rows that would need truncating
         p = task.prompt(rng)
-        long = lambda: " ".join(task.completion(p, rng) for _ in range(rng.randint(4, 14)))  # noqa: E731
+        long = lambda: " ".join(task.completion(p, rng) for _ in range(rng.randint(4 * k, 14 * k)))  # noqa: E731
         out.append({"prompt": [{"role": "user", "content": p}], "chosen": [{"role": "assistant", "content": long()}],
                     "rejected": [{"role": "assistant", "content": long()}]})
     return out
@@ -34,9 +36,10 @@ def setup(cfg, pairs: list[dict]):
     """The tokenizer (BPE trained on the rows), the rows that fit untruncated (``pairs`` is cut to them) and
     the model, seeded, so both sides start from the same weights."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
     from bench.data.tokenizer import train_bpe
+    from bench.model.models import scratch_config
 
     torch.set_num_threads(int(cfg.threads))
     text = lambda msgs: " ".join(m["content"] for m in msgs)  # noqa: E731
@@ -47,14 +50,20 @@ def setup(cfg, pairs: list[dict]):
     if len(pairs) < need:
         raise UserError(f"perf: only {len(pairs)} rows fit in seq_len={cfg.seq_len} untruncated; "
                         f"steps*batch_size={need} are needed (raise seq_len or vocab, or lower steps)")
+    config = scratch_config(arch(cfg), len(tok), {"pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id})
     torch.manual_seed(0)
+    return tok, AutoModelForCausalLM.from_config(config)
+
+
+def arch(cfg) -> dict:
+    """The model's shape: ``model=NAME``'s yaml (a from-scratch config such as pythia-1b-scratch), its context
+    at least seq_len; else a Llama of ``hidden`` x ``layers`` with heads of 64 dimensions."""
+    if cfg.model:
+        shape = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / f"{cfg.model}.yaml").arch)
+        return shape | {"max_positions": max(shape["max_positions"], int(cfg.seq_len))}
     heads = max(1, int(cfg.hidden) // 64)
-    model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tok), hidden_size=int(cfg.hidden), intermediate_size=4 * int(cfg.hidden),
-        num_hidden_layers=int(cfg.layers), num_attention_heads=heads, num_key_value_heads=heads,
-        max_position_embeddings=int(cfg.seq_len), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-        tie_word_embeddings=True))
-    return tok, model
+    return {"hidden_size": int(cfg.hidden), "intermediate_size": 4 * int(cfg.hidden), "num_layers": int(cfg.layers),
+            "num_heads": heads, "max_positions": int(cfg.seq_len)}
 
 
 def untruncated(pairs: list[dict], tok, cfg) -> list[dict]:

@@ -77,18 +77,49 @@ def profiled(cfg, impl: str, method: str):
     write_atomic(Path(cfg.out) / f"profile-{method}-{impl}.txt", table)
 
 
+# Dense bf16 tensor-core peaks in TFLOP/s, half the with-sparsity figures of NVIDIA's datasheets; the most specific
+# name first (a device name is matched by containment: "NVIDIA H100 80GB HBM3" is the SXM part).
+PEAK_BF16_TFLOPS = (("H200", 989.5), ("H100 NVL", 835.5), ("H100 PCIe", 756.5), ("H100", 989.5), ("A100", 312.0),
+                    ("L40S", 362.05), ("L40", 181.05), ("L4", 121.0))
+
+
+def peak_tflops(device: str, given: float | None) -> tuple[float | None, str]:
+    """The peak that MFU divides by, and where it came from: ``peak_tflops=`` when given, else the device's
+    dense bf16 peak from the table; None (no MFU) for a CPU or an unlisted GPU."""
+    if given:
+        return float(given), f"peak_tflops={given}"
+    for name, tflops in PEAK_BF16_TFLOPS:
+        if name in device:
+            return tflops, f"{name} dense bf16 (NVIDIA datasheet)"
+    return None, "unknown for this device: give peak_tflops="
+
+
+def mfu(n_params: int, tokens_per_s: float, tflops: float | None) -> float | None:
+    """Model FLOPs utilisation, 6 N tokens/s / peak (Kaplan et al. 2020's 6N FLOPs per trained token, forward
+    and backward; attention's FLOPs and a checkpointed forward's recompute are not counted, as in PaLM's MFU)."""
+    return 6 * n_params * tokens_per_s / (tflops * 1e12) if tflops else None
+
+
 def environment(threads: int) -> dict:
-    """Where the numbers were measured: device, cores and library versions."""
+    """Where the numbers were measured: device, cores, driver and library versions."""
     import platform
+    import shutil
+    import subprocess
 
     import torch
     import transformers
     import trl
 
-    device = (torch.cuda.get_device_name() if torch.cuda.is_available()
-              else f"cpu ({threads} threads of {os.cpu_count()} cores)")
-    return {"device": device, "cores": os.cpu_count(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "trl": trl.__version__, "python": platform.python_version()}
+    cuda = torch.cuda.is_available()
+    device = torch.cuda.get_device_name() if cuda else f"cpu ({threads} threads of {os.cpu_count()} cores)"
+    out = {"device": device, "cores": os.cpu_count(), "torch": torch.__version__,
+           "transformers": transformers.__version__, "trl": trl.__version__, "python": platform.python_version()}
+    if cuda:
+        smi = shutil.which("nvidia-smi")
+        driver = subprocess.run([smi, "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
+                                text=True).stdout.split("\n")[0].strip() if smi else None
+        out |= {"cuda": torch.version.cuda, "driver": driver, "bf16": torch.cuda.is_bf16_supported()}
+    return out
 
 
 def contention(trials: list[dict], cores: int) -> str:

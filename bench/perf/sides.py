@@ -4,6 +4,7 @@ reference log-probs are prepared, and credited with the tokens it trains (non-pa
 sequences as it tokenizes them; KTO's no-grad KL sequences excluded on both sides)."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import tempfile
@@ -50,8 +51,10 @@ def run_prefbench(cfg, method: str) -> dict:
                      gradient_checkpointing=bool(cfg.gradient_checkpointing), packing=bool(cfg.packing))
     out = {"params": {f.name: getattr(m, f.name) for f in dataclasses.fields(m)},
            "n_params": n_params(model), "vocab": len(tok)}
+    # a method that reads the reference's per-token distribution (TDPO's reference_kl) runs the initial model beside
+    reference_model = copy.deepcopy(model).eval() if "reference_kl" in m.statistics else None
     with tempfile.TemporaryDirectory() as tmp, PeakRSS() as mem, profiled(cfg, "prefbench", method), timed(out):
-        stats = train(model, m, view, spec, Path(tmp), tok.pad_token_id, ref)
+        stats = train(model, m, view, spec, Path(tmp), tok.pad_token_id, ref, reference_model=reference_model)
         losses = [json.loads(line)["loss"] for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
     return out | {"tokens": stats["train_tokens"], "peak_mb": mem.mb, "losses": losses}
 
