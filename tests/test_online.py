@@ -161,11 +161,14 @@ def straight_and_resumed(method, tok, tmp_path):
         def __call__(self, model, step):
             raise RuntimeError("stopped")
 
-    straight, *_ = bandit(method, tok, tmp_path / "straight", steps=4, checkpoint_every=2)
+    straight, _, counted = bandit(method, tok, tmp_path / "straight", steps=4, checkpoint_every=2)
     with pytest.raises(RuntimeError, match="stopped"):
         bandit(method, tok, tmp_path / "resumed", steps=4, checkpoint_every=2, curve=StopAt2())
-    resumed, stats, _ = bandit(method, tok, tmp_path / "resumed", steps=4, checkpoint_every=2)
+    resumed, stats, recounted = bandit(method, tok, tmp_path / "resumed", steps=4, checkpoint_every=2)
     assert stats["resumed_from_step"] == 2
+    # the rollouts' cost (cost/rollout_flops) counts all 4 steps once, those before the stop from the checkpoint
+    for key in ("generated_tokens", "prompt_tokens", "reference_tokens"):
+        assert getattr(recounted, key) == getattr(counted, key) > 0, key
     return straight, resumed
 
 

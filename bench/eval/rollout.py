@@ -34,6 +34,15 @@ class Rollout:
         self.generated_tokens = self.prompt_tokens = self.reference_tokens = 0
         self.seconds = {"sampling": 0.0, "judging": 0.0, "reference": 0.0}
 
+    def state_dict(self) -> dict:
+        """The cost counters: the trainer's checkpoint carries them, so a resumed run counts every rollout once."""
+        return {"generated_tokens": self.generated_tokens, "prompt_tokens": self.prompt_tokens,
+                "reference_tokens": self.reference_tokens, "seconds": dict(self.seconds)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generated_tokens, self.prompt_tokens = state["generated_tokens"], state["prompt_tokens"]
+        self.reference_tokens, self.seconds = state["reference_tokens"], dict(state["seconds"])
+
     def __call__(self, model, indices: list[int], step: int) -> tuple[View, ReferenceLogps | None]:
         prompt_ids = [self.prompts.examples[i]["samples"][0] for i in indices]
         k = self.method.samples_per_prompt

@@ -169,7 +169,8 @@ def train(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, pad
     train on fresh samples (``needs_samples``), called as ``rollout(model, indices, step)`` for each
     micro-batch of ``view``'s examples (with the unwrapped model, outside packed attention) and returning
     ``(View, ReferenceLogps | None)``: the sequences to train on, with judge scores in ``View.scores``, and
-    the reference's statistics of them. ``reference_model``: the reference itself, for a method that asks for
+    the reference's statistics of them; its ``state_dict()`` (cost counters), if it has one, goes into the
+    checkpoint. ``reference_model``: the reference itself, for a method that asks for
     the ``reference_kl`` statistic (its distributions are not cached: it runs beside the policy). A method that
     asks for ``values`` gets the trainer's value head (``make_value_head``), trained with the policy and kept
     in the checkpoint's trainer state, never in the policy's weights. A stateful method's state is threaded
@@ -198,6 +199,8 @@ def train(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, pad
         state = progress["method_state"]
     if value_head is not None and start_step:
         value_head.load_state_dict(progress["value_head"])
+    if rollout is not None and "rollout" in progress:  # its cost counters, for the steps before the resume
+        rollout.load_state_dict(progress["rollout"])
     if spec.gradient_checkpointing:
         enable_checkpointing(model)
     *trained, optimizer = accelerator.prepare(*trained, optimizer)  # the schedule counts optimizer steps: not prepared
@@ -281,7 +284,8 @@ def train(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, pad
                                     {"tokens": tokens, "seconds": elapsed, "cpu_seconds": cpu, "last": last}
                                     | ({"method_state": state} if state is not None else {})
                                     | ({"value_head": accelerator.unwrap_model(value_head).state_dict()}
-                                       if value_head is not None else {}))
+                                       if value_head is not None else {})
+                                    | ({"rollout": rollout.state_dict()} if hasattr(rollout, "state_dict") else {}))
             if done in curve_at and done < spec.steps:  # the end: the run's full evaluation
                 _call_curve(curve, accelerator, model, done)
             kill_point(f"train_step_{done}")
