@@ -7,7 +7,7 @@ import pytest
 from bench.cli import compose_config
 from bench.io.errors import UserError
 from bench.job.config import validate
-from bench.job.pipeline import prepare
+from bench.job.pipeline import flop_matched_steps, offline_flops, planned_steps, prepare
 from bench.model.compute import training_cost
 from tests.conftest import SMOKE, prefbench
 
@@ -67,3 +67,39 @@ def test_strength_is_the_pull_towards_the_anchor_for_every_method():
         return two / one
     assert ratio("dpo", "beta") == ratio("ipo", "beta") == ratio("kto", "beta") == 2
     assert ratio("orpo", "lam") == 0.5
+
+
+def test_matched_flops_gives_online_runs_the_offline_runs_flops():
+    """Pairs of 3 prompt + 5 chosen + 3 prompt + 2 rejected tokens: DPO trains 13 tokens a pair, 6N each, for 120
+    steps of 8 pairs. A PPO step trains, samples and reference-scores 8 x 4 samples of about 3 + 5 tokens
+    (6N + 2N + 2N a token): floor(120 * 6 * 13 / (4 * 10 * 8)) = 29 steps; online DPO samples 2: 58."""
+    from datasets import Dataset
+
+    from bench.data.prepare import TokenizedData
+    from methods import build_method
+
+    train = Dataset.from_dict({"prompt_ids": [[1, 2, 3]] * 10, "chosen_ids": [[4, 5, 6, 7, 8]] * 10,
+                               "rejected_ids": [[9, 10]] * 10})
+    data = TokenizedData("paired", train, train, train)
+    cfg = compose_config(["budget=matched_flops", "trainer.steps=120", "trainer.batch_size=8"])
+    assert offline_flops(cfg, data, n_params=10) == 6 * 10 * 120 * 8 * 13
+    assert flop_matched_steps(cfg, build_method("ppo"), data) == 29
+    assert flop_matched_steps(cfg, build_method("online_dpo"), data) == 58
+    assert planned_steps(compose_config(["budget=matched_flops", "method=ppo"])) is None  # follows from the data
+    assert planned_steps(compose_config(["budget=matched_flops", "method=orpo"])) == 240  # offline: as matched
+    with pytest.raises(UserError, match="unpaired"):
+        offline_flops(cfg, TokenizedData("unpaired", train, train, train), 10)
+    with pytest.raises(UserError, match="trainer.steps counts them"):
+        validate(compose_config(["budget=matched_flops", "trainer.epochs=1", "stages.sft.epochs=1"]))
+
+
+def test_an_online_run_under_matched_flops_spends_about_the_offline_runs_flops(tmp_path, shared_cache):
+    spent = {}
+    for budget in ("matched", "matched_flops"):
+        prefbench("run", "method=grpo", f"budget={budget}", f"results_dir={tmp_path / budget}",
+                  f"cache_dir={shared_cache}", *SMOKE)
+        [path] = (tmp_path / budget).rglob("summary.json")
+        spent[budget] = json.loads(path.read_text())
+    assert spent["matched"]["cost/optimizer_steps"] == 4 > spent["matched_flops"]["cost/optimizer_steps"] >= 1
+    assert spent["matched"]["cost/flops_vs_offline"] > 2 * spent["matched_flops"]["cost/flops_vs_offline"]
+    assert 0.3 < spent["matched_flops"]["cost/flops_vs_offline"] < 2

@@ -50,11 +50,14 @@ def validate(cfg: DictConfig) -> None:
 
 
 def check_budget(cfg: DictConfig) -> None:
-    if cfg.budget not in ("matched", "per_stage"):
-        raise UserError(f"budget={cfg.budget!r} is not allowed; allowed: matched, per_stage")
-    if cfg.budget == "matched" and bool(cfg.trainer.get("epochs")) != bool(cfg.stages.sft.get("epochs")):
-        raise UserError("budget=matched adds the SFT stage's length to runs from the base model, so trainer and "
+    if cfg.budget not in ("matched", "matched_flops", "per_stage"):
+        raise UserError(f"budget={cfg.budget!r} is not allowed; allowed: matched, matched_flops, per_stage")
+    if cfg.budget != "per_stage" and bool(cfg.trainer.get("epochs")) != bool(cfg.stages.sft.get("epochs")):
+        raise UserError(f"budget={cfg.budget} adds the SFT stage's length to runs from the base model, so trainer and "
                         "stages.sft must both count steps or both count epochs (or set budget=per_stage)")
+    if cfg.budget == "matched_flops" and cfg.trainer.get("epochs"):
+        raise UserError("budget=matched_flops gives online runs the steps of the offline run's FLOPs: "
+                        "trainer.steps counts them, not trainer.epochs")
 
 
 def check_splits(cfg: DictConfig) -> None:

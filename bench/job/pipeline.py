@@ -6,6 +6,7 @@ training and its sampling are drawn per seed.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from bench.data.prepare import Renderer, TokenizedData, load_clean, render
 from bench.data.sources import corpus_limits, corpus_rows, task_spec
 from bench.data.tokenizer import train_bpe
 from bench.data.views import View, build_view, pad_batch
+from bench.io.errors import UserError
 from bench.io.stages import build_stage, stage_key
 from bench.job.config import method_from_config
 from bench.model.logprobs import sequence_logps
@@ -30,12 +32,15 @@ def train_spec(cfg: DictConfig, **overrides) -> TrainSpec:
     return TrainSpec(**(base | {"seed": int(cfg.seed)} | overrides))
 
 
-def run_spec(cfg: DictConfig, init: str) -> TrainSpec:
+def run_spec(cfg: DictConfig, init: str, method=None, data: TokenizedData | None = None) -> TrainSpec:
     """A run's training. With ``budget=matched`` a run that starts from the base model (SFT, ORPO) also
     trains for the SFT stage's length, so every method gets the same optimizer steps from base as
-    DPO/IPO/KTO get from the SFT stage plus their own training; ``budget=per_stage`` leaves it alone."""
+    DPO/IPO/KTO get from the SFT stage plus their own training; ``budget=per_stage`` leaves it alone.
+    ``budget=matched_flops`` is ``matched`` with an online ``method``'s steps from ``flop_matched_steps``."""
     spec, stage = train_spec(cfg), cfg.stages.sft
-    if init != "base" or cfg.budget != "matched":
+    if cfg.budget == "matched_flops" and method is not None and method.needs_samples:
+        return replace(spec, steps=flop_matched_steps(cfg, method, data))
+    if init != "base" or cfg.budget == "per_stage":
         return spec
     if spec.epochs and stage.epochs:
         return replace(spec, epochs=spec.epochs + stage.epochs)
@@ -43,11 +48,35 @@ def run_spec(cfg: DictConfig, init: str) -> TrainSpec:
 
 
 def planned_steps(cfg: DictConfig) -> int | None:
-    """The optimizer steps a run's config plans (its method's init, its budget); None when it trains for
-    epochs (their steps follow from the data, resolved in the trainer)."""
-    init = method_from_config(cfg.method, cfg.strength).init if cfg.init == "auto" else cfg.init
-    spec = run_spec(cfg, init)
+    """The optimizer steps a run's config plans (its method's init, its budget); None when they follow from
+    the data (epochs, resolved in the trainer; an online run under budget=matched_flops)."""
+    method = method_from_config(cfg.method, cfg.strength)
+    if cfg.budget == "matched_flops" and method.needs_samples:
+        return None
+    spec = run_spec(cfg, method.init if cfg.init == "auto" else cfg.init)
     return None if spec.epochs else spec.steps
+
+
+def offline_flops(cfg: DictConfig, data: TokenizedData, n_params: int) -> float:
+    """The training FLOPs of the offline run from the SFT stage (DPO's): ``trainer.steps`` steps of B pairs,
+    6N per trained token (Kaplan et al. 2020), both sequences of a pair with their prompt."""
+    if data.kind != "paired":
+        raise UserError("budget=matched_flops and cost/flops_vs_offline measure online runs against the offline "
+                        "run on pairs; this task's data is unpaired")
+    view = build_view("paired", data.kind, data.train, int(cfg.seed))
+    pair = view.n_tokens(range(len(view))) / len(view)
+    return 6 * n_params * int(cfg.trainer.steps) * int(cfg.trainer.batch_size) * int(cfg.trainer.grad_accum) * pair
+
+
+def flop_matched_steps(cfg: DictConfig, method, data: TokenizedData) -> int:
+    """budget=matched_flops: the steps of an online run whose FLOPs equal ``offline_flops``. A step trains the
+    B·k samples of its B prompts (6N a token), samples them (2N a token: prefill and new tokens) and, with a
+    reference, scores them (2N). A sample's length is estimated by its prompt and chosen response, which the
+    SFT stage imitates; what was spent is in cost/flops_vs_offline."""
+    view = build_view("paired", data.kind, data.train, int(cfg.seed))
+    sample = view.n_tokens(range(len(view)), roles=("chosen",)) / len(view)
+    per_step = int(cfg.trainer.batch_size) * int(cfg.trainer.grad_accum) * method.samples_per_prompt * sample
+    return max(1, math.floor(offline_flops(cfg, data, 1) / (per_step * (8 + 2 * method.needs_reference))))
 
 
 @dataclass

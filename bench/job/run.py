@@ -47,7 +47,7 @@ from bench.io.results import read_json, write_atomic, write_json
 from bench.io.stages import stage_info, stage_key
 from bench.job.config import method_from_config, validate
 from bench.job.export import write_hf_files
-from bench.job.pipeline import build_policy, init_checkpoint, logprob_probe, prepare, run_spec
+from bench.job.pipeline import build_policy, init_checkpoint, logprob_probe, offline_flops, prepare, run_spec
 from bench.job.track import log_run, requested
 from bench.model.compute import peak_memory_mb, reset_peak_memory, training_cost
 from bench.model.models import device as default_device
@@ -185,7 +185,7 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict:
         next(p for p in model.parameters() if p.requires_grad).register_hook(lambda g: torch.full_like(g, float("nan")))
     probe_view = build_view("paired", group.data.kind, group.data.eval, int(cfg.seed)) \
         if group.data.kind == "paired" else None
-    stats = train(model, method, view, run_spec(cfg, init), run_dir, group.pad_id, reference,
+    stats = train(model, method, view, run_spec(cfg, init, method, group.data), run_dir, group.pad_id, reference,
                   logprob_probe(probe_view, group.pad_id) if probe_view else None, desc=run_dir.name,
                   curve=CurveSampler(eval_spec, group, run_dir), rollout=rollout,
                   reference_model=ref_model if "reference_kl" in method.statistics else None)
@@ -209,6 +209,9 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict:
     if rollout is not None:
         summary |= {"cost/rollout_generated_tokens": rollout.generated_tokens, "cost/rollout_flops": rollout_flops,
                     **{f"cost/rollout_{k}_seconds": v for k, v in rollout.seconds.items()}}
+        if group.data.kind == "paired":  # this run's training and rollouts over the offline run's (DPO's) training
+            summary["cost/flops_vs_offline"] = ((summary["cost/train_flops"] + rollout_flops)
+                                                / offline_flops(cfg, group.data, size))
     c0 = time.process_time()
     summary |= evaluate(eval_spec, group, model, run_dir, judging, stats["optimizer_steps"])
     summary["cost/eval_cpu_seconds"] = time.process_time() - c0
