@@ -93,9 +93,10 @@ def test_reference_cache_skips_the_reference_forward(tmp_path):
 ])
 def test_bad_config_is_one_clear_line(tmp_path, args, message):
     proc = prefbench("run", f"results_dir={tmp_path}", *args, check=False)
-    assert proc.returncode != 0
+    assert proc.returncode == 2  # refused before anything ran
     assert message in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
+    assert sum(line.startswith("prefbench: error:") for line in proc.stderr.splitlines()) == 1
 
 
 @pytest.mark.parametrize("args,message", [

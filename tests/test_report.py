@@ -64,13 +64,13 @@ def test_report_renders_in_headless_chromium(sweep, tmp_path):
     assert "win rate at matched KL" in dom and "LC win rate" in dom  # ranking columns (issue 13)
     assert dom.index("Frontier fits") < dom.index("Diagnostics") < dom.index("<img")
     shot = tmp_path / "report.png"
-    subprocess.run([*common, f"--screenshot={shot}", "--window-size=1200,2400", page], capture_output=True,
+    subprocess.run([*common, f"--screenshot={shot}", "--window-size=1400,2400", page], capture_output=True,
                    timeout=120, check=True)
     import matplotlib.image
 
     pixels = matplotlib.image.imread(shot)[..., :3]
     dark = (pixels.mean(axis=-1) < 0.6).mean()
-    assert pixels.shape[:2] == (2400, 1200) and 0.01 < dark < 0.5  # text and plots drawn, not a blank page
+    assert pixels.shape[:2] == (2400, 1400) and 0.01 < dark < 0.5  # text and plots drawn, not a blank page
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50  # coloured plot lines, not only text
 
 
@@ -81,6 +81,7 @@ def test_the_samples_browser_shows_each_method_side_by_side_for_the_chosen_size_
     assert "href='samples.html'" in index
     table = index[index.index("<h2>All runs</h2>"):]
     assert "<div class='wide'>" in table and "cost/total_train_flops" in table  # scrolls instead of overflowing
+    assert "<td>None</td>" not in table and "<td></td>" in table  # a done run's error cell is empty
     assert table.index("<td>tiny-xs</td>") < table.index("<td>tiny-s</td>")  # sizes by parameter count
     page = (sweep / "report" / "samples.html").as_uri() + "?model=tiny-s&seed=0"
     dom = subprocess.run([*common, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
@@ -124,6 +125,14 @@ def test_report_a_b_highlights_what_differs_between_two_sweeps(sweep, tmp_path):
     dom = subprocess.run([*common, "--dump-dom", (other / "report" / "compare.html").as_uri()], capture_output=True,
                          text=True, timeout=120).stdout
     assert dom.count('<tr class="differs">') == 1 and dom.count('<tr class="identical">') == len(rows) - 1
+    shot = tmp_path / "compare.png"
+    subprocess.run([*common, f"--screenshot={shot}", "--window-size=1400,1200", (other / "report" / "compare.html").as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(shot)[..., :3]
+    red = (pixels[..., 0] > 0.95) & (pixels[..., 1] < 0.9) & (pixels[..., 1] > 0.8)  # the differing row's #fdd
+    assert pixels.shape[:2] == (1200, 1400) and red.sum() > 1000 and 0.005 < (pixels.mean(axis=-1) < 0.6).mean() < 0.5
     a = load_runs(sweep)
     assert config_differences(a, a.assign(**{"config.trainer.lr": 0.002})) == \
         [("trainer.lr", ", ".join(sorted({str(v) for v in a["config.trainer.lr"]})), "0.002")]

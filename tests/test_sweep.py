@@ -28,6 +28,8 @@ def test_multirun_with_a_failing_run_and_its_report(tmp_path, shared_cache):
     assert proc.returncode == 1 and "4 of 8 jobs are not done: 4 failed." in proc.stdout
     assert "\r" not in proc.stdout + proc.stderr  # a log file holds no progress bars (stderr is not a terminal)
     assert proc.stdout.count(": done (win rate vs SFT ") == 4  # one result line per finished job
+    for noise in ("joblib", "parallel(", "no artists with labels", "font cache", "launching"):  # libraries' chatter
+        assert noise not in (proc.stdout + proc.stderr).lower(), noise
     runs = {p.name: summary(p) for p in (tmp_path / "default").iterdir() if (p / "summary.json").exists()}
     assert len(runs) == 8
     failed = {k: v for k, v in runs.items() if v["status"] == "failed"}

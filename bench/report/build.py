@@ -62,7 +62,9 @@ TABLE_COLUMNS = ["method", "series", "model", "seed", "hyper", "status", "n_para
 
 
 def _html_table(df: pd.DataFrame) -> str:
-    return df.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="", classes="runs")
+    # an empty cell, not "None": pandas' na_rep does not reach a Python None in an object column (a done run's error)
+    return df.astype(object).where(df.notna(), "").to_html(index=False, float_format=lambda v: f"{v:.3f}",
+                                                          classes="runs")
 
 
 def build_report(sweep_dir: str | Path) -> Path:
