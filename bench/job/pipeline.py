@@ -73,10 +73,11 @@ def flop_matched_steps(cfg: DictConfig, method, data: TokenizedData) -> int:
     B·k samples of its B prompts (6N a token), samples them (2N a token: prefill and new tokens) and, with a
     reference, scores them (2N). A sample's length is estimated by its prompt and chosen response, which the
     SFT stage imitates; what was spent is in cost/flops_vs_offline."""
+    offline = offline_flops(cfg, data, n_params=1)  # N cancels; refuses unpaired data
     view = build_view("paired", data.kind, data.train, int(cfg.seed))
     sample = view.n_tokens(range(len(view)), roles=("chosen",)) / len(view)
     per_step = int(cfg.trainer.batch_size) * int(cfg.trainer.grad_accum) * method.samples_per_prompt * sample
-    return max(1, math.floor(offline_flops(cfg, data, 1) / (per_step * (8 + 2 * method.needs_reference))))
+    return max(1, math.floor(offline / (per_step * (8 + 2 * method.needs_reference))))
 
 
 @dataclass
