@@ -51,7 +51,8 @@ def test_one_run_is_logged_to_four_trackers_and_read_back(tmp_path, shared_cache
     assert logged.data.metrics["eval/kl"] == summary["eval/kl"]
 
     (offline,) = (tmp_path / "trackers" / "wandb").glob("offline-run-*")
-    history = _wandb_history(next(offline.glob("*.wandb")))
+    history, group = _wandb_history(next(offline.glob("*.wandb")))
+    assert group == "runs"  # the sweep, as W&B's run group
     assert {r["_step"]: r["train/loss"] for r in history if "train/loss" in r} == pytest.approx(losses)
     assert [r["eval/win_rate_vs_sft"] for r in history if "eval/win_rate_vs_sft" in r] == \
         [summary["eval/win_rate_vs_sft"]]
@@ -64,6 +65,13 @@ def test_one_run_is_logged_to_four_trackers_and_read_back(tmp_path, shared_cache
                                      ).stdout)  # trackio fixes its folder at import: a fresh process reads it
     assert {r["step"]: r["train/loss"] for r in logs if "train/loss" in r} == pytest.approx(losses)
 
+    # a second run of the same sweep lands beside the first: one MLflow experiment, one TensorBoard folder
+    prefbench("run", "method=sft", f"results_dir={tmp_path}", f"cache_dir={shared_cache}", "tracker=tensorboard,mlflow",
+              *SMOKE, env=env)
+    assert {r.info.run_name.partition(",")[0].partition("--")[0] for r in client.search_runs(
+        [experiment.experiment_id])} == {"reviews-tiny-xs-dpo-s0", "reviews-tiny-xs-sft-s0"}
+    assert len(list((tmp_path / "trackers" / "tensorboard" / "runs").iterdir())) == 2
+
     assert not (REPO / "mlruns").exists()  # nothing written to the working directory
     assert list((tmp_path / "trackers" / "mlflow-artifacts" / "runs").rglob("samples.json"))
     for path in tmp_path.rglob("*"):  # W&B offline writes no key; prefbench hands it to nobody
@@ -71,12 +79,12 @@ def test_one_run_is_logged_to_four_trackers_and_read_back(tmp_path, shared_cache
             assert SECRET.encode() not in path.read_bytes(), path
 
 
-def _wandb_history(path) -> list[dict]:
-    """The history rows of a W&B offline run file: its LevelDB-log framing (wandb 0.31 ships no Python reader)
-    around wandb's own protobuf records."""
+def _wandb_history(path) -> tuple[list[dict], str]:
+    """The history rows and the run group of a W&B offline run file: its LevelDB-log framing (wandb 0.31 ships
+    no Python reader) around wandb's own protobuf records."""
     from wandb.proto import wandb_internal_pb2
 
-    data, pos, part, rows = path.read_bytes(), 7, b"", []
+    data, pos, part, rows, group = path.read_bytes(), 7, b"", [], None
     assert data[:4] == b":W&B"
     while pos + 7 <= len(data):
         left = 32768 - pos % 32768
@@ -92,7 +100,9 @@ def _wandb_history(path) -> list[dict]:
             if record.WhichOneof("record_type") == "history":
                 rows.append({item.nested_key[0] if item.nested_key else item.key: json.loads(item.value_json)
                              for item in record.history.item})
-    return rows
+            elif record.WhichOneof("record_type") == "run":
+                group = record.run.run_group
+    return rows, group
 
 
 def test_an_unknown_tracker_is_one_line_before_anything_runs(tmp_path):
