@@ -50,3 +50,36 @@ def test_off_a_terminal_the_line_is_printed_plainly_when_it_changes(tmp_path, mo
     assert lines[0] == "[prefbench] jobs 0/2 ended | running: a 2/10"
     assert lines[-1].startswith("[prefbench] jobs 1/2 ended, ETA ") and len(lines) == 2  # printed once per change
     assert "\r" not in stream.getvalue()
+
+
+def test_on_a_terminal_one_job_draws_its_bar_and_a_sweep_only_the_overall_line(tmp_path, shared_cache):
+    """Under a pseudo-terminal (util-linux `script`): `prefbench run` draws its per-step bar (tqdm's rate, it/s or
+    s/it) and no library's; a sweep of two jobs draws the overall line and no job's bar."""
+    import re
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pytest
+
+    from tests.conftest import REPO, SMOKE
+
+    if shutil.which("script") is None:
+        pytest.skip("util-linux `script` is not installed")
+    exe = Path(sys.executable).parent / "prefbench"
+    common = [a for a in SMOKE if a != "trainer.progress=false"]
+
+    def on_a_terminal(*args) -> str:  # a terminal of 120 columns (script's own has none, and tqdm draws nothing)
+        command = "stty cols 120 rows 40; " + " ".join(map(str, [exe, *args]))
+        return subprocess.run(["script", "-qefc", command, "/dev/null"], capture_output=True, cwd=REPO, timeout=600,
+                              check=True).stdout.decode(errors="replace")  # bytes: text mode would turn \r into \n
+
+    rate = re.compile(r"\d(it/s|s/it)")
+    one = on_a_terminal("run", "method=sft", f"results_dir={tmp_path / 'one'}", *common)  # its own cache: BPE trains
+    assert rate.search(one) and "\r" in one
+    assert "Pre-processing sequences" not in one  # the BPE trainer's own bars stay off
+    two = on_a_terminal("sweep", "method=sft,orpo", f"results_dir={tmp_path / 'two'}", "sweep_name=s",
+                        f"cache_dir={shared_cache}", *common)
+    assert "jobs 0/2 ended" in two and "All 2 jobs done." in two
+    assert not rate.search(two)
