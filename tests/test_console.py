@@ -79,7 +79,7 @@ def test_on_a_terminal_one_job_draws_its_bar_and_a_sweep_only_the_overall_line(t
     one = on_a_terminal("run", "method=sft", f"results_dir={tmp_path / 'one'}", *common)  # its own cache: BPE trains
     assert rate.search(one) and "\r" in one
     assert "Pre-processing sequences" not in one  # the BPE trainer's own bars stay off
-    two = on_a_terminal("sweep", "method=sft,orpo", f"results_dir={tmp_path / 'two'}", "sweep_name=s",
-                        f"cache_dir={shared_cache}", *common)
+    two = on_a_terminal("sweep", "method=sft,orpo", "hydra/launcher=basic", f"results_dir={tmp_path / 'two'}",
+                        "sweep_name=s", f"cache_dir={shared_cache}", *common)  # one process: no workers to start
     assert "jobs 0/2 ended" in two and "All 2 jobs done." in two
     assert not rate.search(two)
