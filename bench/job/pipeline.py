@@ -57,27 +57,31 @@ def planned_steps(cfg: DictConfig) -> int | None:
     return None if spec.epochs else spec.steps
 
 
-def offline_flops(cfg: DictConfig, data: TokenizedData, n_params: int) -> float:
-    """The training FLOPs of the offline run from the SFT stage (DPO's): ``trainer.steps`` steps of B pairs,
-    6N per trained token (Kaplan et al. 2020), both sequences of a pair with their prompt."""
+def _mean_tokens(cfg: DictConfig, data: TokenizedData) -> tuple[float, float]:
+    """Mean tokens of a training pair (both sequences, prompt included) and of its chosen sequence."""
     if data.kind != "paired":
         raise UserError("budget=matched_flops and cost/flops_vs_offline measure online runs against the offline "
                         "run on pairs; this task's data is unpaired")
     view = build_view("paired", data.kind, data.train, int(cfg.seed))
-    pair = view.n_tokens(range(len(view))) / len(view)
+    rows = range(len(view))
+    return view.n_tokens(rows) / len(view), view.n_tokens(rows, roles=("chosen",)) / len(view)
+
+
+def offline_flops(cfg: DictConfig, data: TokenizedData, n_params: int) -> float:
+    """The training FLOPs of the offline run from the SFT stage (DPO's): ``trainer.steps`` steps of B pairs,
+    6N per trained token (Kaplan et al. 2020), both sequences of a pair with their prompt."""
+    pair, _ = _mean_tokens(cfg, data)
     return 6 * n_params * int(cfg.trainer.steps) * int(cfg.trainer.batch_size) * int(cfg.trainer.grad_accum) * pair
 
 
 def flop_matched_steps(cfg: DictConfig, method, data: TokenizedData) -> int:
     """budget=matched_flops: the steps of an online run whose FLOPs equal ``offline_flops``. A step trains the
     B·k samples of its B prompts (6N a token), samples them (2N a token: prefill and new tokens) and, with a
-    reference, scores them (2N). A sample's length is estimated by its prompt and chosen response, which the
-    SFT stage imitates; what was spent is in cost/flops_vs_offline."""
-    offline = offline_flops(cfg, data, n_params=1)  # N cancels; refuses unpaired data
-    view = build_view("paired", data.kind, data.train, int(cfg.seed))
-    sample = view.n_tokens(range(len(view)), roles=("chosen",)) / len(view)
-    per_step = int(cfg.trainer.batch_size) * int(cfg.trainer.grad_accum) * method.samples_per_prompt * sample
-    return max(1, math.floor(offline / (per_step * (8 + 2 * method.needs_reference))))
+    reference, scores them (2N); N and B cancel. A sample's length is estimated by its prompt and chosen
+    response, which the SFT stage imitates; what was spent is in cost/flops_vs_offline."""
+    pair, sample = _mean_tokens(cfg, data)
+    per_step = method.samples_per_prompt * sample * (8 + 2 * method.needs_reference)
+    return max(1, math.floor(int(cfg.trainer.steps) * 6 * pair / per_step))
 
 
 @dataclass
