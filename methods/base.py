@@ -14,13 +14,15 @@ What a method may declare, all optional but ``name``, ``view`` and ``needs_refer
   needs_samples   online: each step trains on fresh policy samples with judge scores (``SeqLogps.score``);
                   the trainer takes them from its ``rollout`` (``bench.train.trainer.train``), which draws
                   ``samples_per_prompt`` of them per prompt, consecutive in the batch (``group_scores``)
+  updates_per_rollout  online: optimizer steps on each rollout (default 1); from the second on, the policy's
+                  statistics at the first are ``SeqLogps.old`` (pi_old), so a ratio clip acts (``bench.train.reuse``)
   initial_state() running state (tensors) for ``loss(policy, reference, state)``, checkpointed with the optimizer
   scaled_by_strength(...) fields that the sweep's ``strength`` scales
 """
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import ClassVar, Literal
 
 import torch
@@ -51,6 +53,8 @@ class SeqLogps:
     ``values`` the value head's V(x, y_<t).
     ``prompt_sum``, ``prompt_n_tokens``: the same over the prompt tokens after the first.
     ``score`` (online methods only): the judge's score of each sequence.
+    ``old`` (online methods only): the policy's statistics of these sequences when their rollout was first
+    trained on, detached: pi_old and V_old (``bench.train.reuse``); read them through ``behaviour``.
     """
 
     sum: torch.Tensor
@@ -62,6 +66,7 @@ class SeqLogps:
     token_collision: torch.Tensor | None = None
     token_kl: torch.Tensor | None = None
     values: torch.Tensor | None = None
+    old: SeqLogps | None = None
 
     @property
     def mean(self) -> torch.Tensor:
@@ -74,6 +79,17 @@ class SeqLogps:
                           if t is not None), None)
         width = 0 if per_token is None else per_token.shape[1]
         return torch.arange(width, device=self.n_tokens.device)[None] < self.n_tokens[:, None]
+
+    def detached(self) -> SeqLogps:
+        """The same statistics cut from the graph (without ``old``)."""
+        return SeqLogps(**{f.name: getattr(self, f.name).detach() for f in fields(self)
+                           if f.name != "old" and getattr(self, f.name) is not None})
+
+    @property
+    def behaviour(self) -> SeqLogps:
+        """The behaviour policy's statistics (pi_old, V_old): ``old`` when the trainer gave them (a rollout
+        reused for several updates), else these, detached (one update per rollout: pi_old = pi_theta)."""
+        return self.old if self.old is not None else self.detached()
 
     def token_mean_nll(self) -> torch.Tensor:
         """NLL averaged over every completion token of the batch: -sum_i S(y_i) / sum_i n(y_i)."""
@@ -163,6 +179,7 @@ class Method:
     statistics: ClassVar[frozenset[str]] = frozenset()
     needs_samples: ClassVar[bool] = False
     samples_per_prompt: ClassVar[int] = 1
+    updates_per_rollout: ClassVar[int] = 1
 
     def initial_state(self) -> dict[str, torch.Tensor] | None:
         """A stateful method's state before its first batch; None (the default) for a stateless one."""
@@ -179,12 +196,28 @@ class Method:
             if not value > 0:
                 raise ValueError(f"method.{key} must be > 0 (got {value})")
 
+    @staticmethod
+    def require_whole(**values: int) -> None:
+        for key, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"method.{key} must be a whole number >= 1 (got {value!r})")
+
 
 def group_scores(seq: SeqLogps, k: int) -> torch.Tensor:
     """An online batch's judge scores as (prompts, k): the rollout puts a prompt's k samples side by side."""
     if seq.score is None or len(seq.score) % k:
         raise ValueError(f"an online batch needs judge scores in groups of samples_per_prompt={k}")
     return seq.score.view(-1, k).to(seq.sum.dtype)
+
+
+def clip_fraction(ratio: torch.Tensor, adv: torch.Tensor, epsilon: float, mask: torch.Tensor | None = None):
+    """The share of tokens (under ``mask``) or sequences whose clipped term the min picks, so their gradient is
+    cut: rho < 1 - eps with A < 0, or rho > 1 + eps with A > 0 (TRL's ``clip_ratio``); 0 with one update per
+    rollout."""
+    cut = ((ratio < 1 - epsilon) & (adv < 0)) | ((ratio > 1 + epsilon) & (adv > 0))
+    if mask is None:
+        return cut.float().mean().detach()
+    return ((cut & mask).sum() / mask.sum().clamp(min=1)).detach()
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

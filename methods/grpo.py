@@ -5,8 +5,9 @@ Per prompt, ``samples_per_prompt`` = k samples of the current policy, each score
 advantages A_i = (r_i - mean_j r_j) / (std_j r_j + 1e-4) (``scale_rewards=false``: not divided, Dr. GRPO).
 Per token, l_t = -min(rho_t A_i, clip(rho_t, 1 - eps, 1 + eps) A_i) + beta k3_t, with rho_t = pi_theta(y_t) /
 pi_old(y_t) and k3_t = exp(log pi_ref(y_t) - log pi_theta(y_t)) - (log pi_ref(y_t) - log pi_theta(y_t)) - 1.
-The trainer takes one optimizer step per batch of samples, so pi_old is the policy itself: rho = 1, with rho's
-gradient (TRL's ``num_iterations=1``). ``loss_type=grpo`` averages l over each sequence's tokens, then over the
+pi_old is the policy at the rollout's first update (``SeqLogps.behaviour``): with ``updates_per_rollout`` = 1
+(TRL's ``num_iterations=1``, the default) rho = 1, with rho's gradient; with more, the clip bounds the later
+updates (TRL's ``num_iterations``). ``loss_type=grpo`` averages l over each sequence's tokens, then over the
 sequences; ``dr_grpo`` sums over all tokens and divides by the sequences times ``max_completion_length``.
 ``kl_correction`` multiplies k3_t by rho_t (DeepSeek-V3.2, 2025): the same value on-policy, but its gradient
 is then the unbiased reverse-KL gradient; TRL 1.16 does so by default (``use_bias_correction_kl``), the paper's
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from methods import register, scaled_by_strength
-from methods.base import BatchLogps, LossOutput, Method, group_scores, k3, masked_mean
+from methods.base import BatchLogps, LossOutput, Method, clip_fraction, group_scores, k3, masked_mean
 
 LOSS_TYPES = ("grpo", "dr_grpo")
 
@@ -48,6 +49,7 @@ class GRPO(Method):
     loss_type: str = "grpo"
     max_completion_length: int = 64
     kl_correction: bool = False
+    updates_per_rollout: int = 1
     name = "grpo"
     view = "online"
     needs_reference = True
@@ -57,6 +59,7 @@ class GRPO(Method):
 
     def __post_init__(self):
         self.require_positive(epsilon=self.epsilon, max_completion_length=self.max_completion_length)
+        self.require_whole(updates_per_rollout=self.updates_per_rollout)
         if self.beta < 0:
             raise ValueError(f"method.beta must be >= 0 (got {self.beta})")
         if self.samples_per_prompt < 2:
@@ -69,7 +72,7 @@ class GRPO(Method):
         s, mask = policy.samples, policy.samples.mask
         scores = group_scores(s, self.samples_per_prompt)
         adv = group_advantages(scores, self.scale_rewards)[:, None]
-        ratio = torch.exp(s.tokens - s.tokens.detach())
+        ratio = torch.exp(s.tokens - s.behaviour.tokens)
         per_token = -torch.min(ratio * adv, ratio.clamp(1 - self.epsilon, 1 + self.epsilon) * adv)
         kl = k3(s.tokens, reference.samples.tokens)
         per_token = per_token + self.beta * (kl * ratio if self.kl_correction else kl)
@@ -78,4 +81,5 @@ class GRPO(Method):
         else:
             loss = (per_token * mask).sum() / (len(s.sum) * self.max_completion_length)
         return LossOutput(loss, {"online/score": scores.mean().detach(),
-                                 "online/kl_k3": masked_mean(kl, mask).mean().detach()})
+                                 "online/kl_k3": masked_mean(kl, mask).mean().detach(),
+                                 "online/clip_fraction": clip_fraction(ratio, adv, self.epsilon, mask)})

@@ -9,10 +9,12 @@ log pi_ref(y_t) (``kl_estimator=k3``: Schulman's k3), optionally whitened over t
 delta_t = r_t + gamma V_{t+1} - V_t (V_n = 0), A_t = sum_l (gamma lambda)^l delta_{t+l}, returns R_t = A_t + V_t;
 A whitened over the batch's tokens. Loss, averaged over every token of the batch:
 -min(rho_t A_t, clip(rho_t, 1 - eps, 1 + eps) A_t) + vf_coef 0.5 max((V - R)^2, (clip(V, V_old +- eps_v) - R)^2),
-rho_t = pi_theta(y_t) / pi_old(y_t). The trainer takes one optimizer step per batch of samples, so pi_old and
-V_old are this step's policy and value head: rho = 1 and both clips are inactive, the gradient is GAE's policy
-gradient plus the value regression (TRL's ``num_ppo_epochs=1``). Defaults: beta 0.05, eps 0.2, vf_coef 0.1,
-eps_v 0.2, gamma 1, lambda 0.95 (TRL's), k 4 samples per prompt (the other online methods' sampling budget).
+rho_t = pi_theta(y_t) / pi_old(y_t). pi_old and V_old are the policy and value head at the rollout's first
+update (``SeqLogps.behaviour``): with ``updates_per_rollout`` = 1 (TRL's ``num_ppo_epochs=1``) rho = 1 and both
+clips are inactive, the gradient is GAE's policy gradient plus the value regression; with more (Alg. 1's K
+epochs; TRL's default 4, one mini-batch) the clips bound the later updates. Defaults: beta 0.05, eps 0.2,
+vf_coef 0.1, eps_v 0.2, gamma 1, lambda 0.95 (TRL's), k 4 samples per prompt (the other online methods' sampling
+budget), one update per rollout (the seeds' reference runs).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from methods import register, scaled_by_strength
-from methods.base import BatchLogps, LossOutput, Method, k3
+from methods.base import BatchLogps, LossOutput, Method, clip_fraction, k3
 
 KL_ESTIMATORS = ("k1", "k3")
 
@@ -64,6 +66,7 @@ class PPO(Method):
     whiten_rewards: bool = False
     kl_estimator: str = "k1"
     samples_per_prompt: int = 4
+    updates_per_rollout: int = 1
     name = "ppo"
     view = "online"
     needs_reference = True
@@ -74,6 +77,7 @@ class PPO(Method):
     def __post_init__(self):
         self.require_positive(epsilon=self.epsilon, vf_coef=self.vf_coef, cliprange_value=self.cliprange_value,
                               samples_per_prompt=self.samples_per_prompt)
+        self.require_whole(updates_per_rollout=self.updates_per_rollout)
         if self.beta < 0:
             raise ValueError(f"method.beta must be >= 0 (got {self.beta})")
         if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1):
@@ -85,7 +89,8 @@ class PPO(Method):
     def loss(self, policy: BatchLogps, reference: BatchLogps | None) -> LossOutput:
         s = policy.samples
         mask = s.mask.to(s.tokens.dtype)
-        old, ref = s.tokens.detach(), reference.samples.tokens
+        behaviour, ref = s.behaviour, reference.samples.tokens
+        old = behaviour.tokens
         kl = (old - ref if self.kl_estimator == "k1" else k3(old, ref)) * mask
         rewards = -self.beta * kl
         last = (s.n_tokens - 1).clamp(min=0)
@@ -93,7 +98,7 @@ class PPO(Method):
                                     s.score.to(rewards.dtype), accumulate=True) * mask
         if self.whiten_rewards:
             rewards = whiten(rewards, mask, shift_mean=False)
-        v_old = s.values.detach() * mask
+        v_old = behaviour.values * mask
         adv = gae(rewards, v_old, mask, self.gamma, self.lam)
         returns = adv + v_old
         adv = whiten(adv, mask)
@@ -105,4 +110,5 @@ class PPO(Method):
         pg_loss, vf_loss = (pg * mask).sum() / n, (vf * mask).sum() / n
         return LossOutput(pg_loss + self.vf_coef * vf_loss,
                           {"online/score": s.score.mean().detach(), "online/kl": kl.sum(1).mean(),
-                           "online/value_loss": vf_loss.detach()})
+                           "online/value_loss": vf_loss.detach(),
+                           "online/clip_fraction": clip_fraction(ratio, adv, self.epsilon, mask.bool())})

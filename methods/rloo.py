@@ -5,7 +5,8 @@ Per prompt, k samples of the current policy scored by the judge, with the KL pen
 r'_i = r_i - beta sum_t (log pi_old(y_t) - log pi_ref(y_t)). Each sample's baseline is the mean r' of the
 prompt's other k - 1 samples, A_i = r'_i - baseline_i (``normalize_advantages``: then standardised over the
 batch). Loss: mean_i -min(rho_i A_i, clip(rho_i, 1 - eps, 1 + eps) A_i), rho_i = exp(S_theta(y_i) - S_old(y_i)),
-where pi_old is the policy itself (one optimizer step per batch of samples). Defaults: beta 0.05 and eps 0.2
+where pi_old is the policy at the rollout's first update (``SeqLogps.behaviour``; itself with one update per
+rollout, TRL's ``num_iterations=1``, the default). Defaults: beta 0.05 and eps 0.2
 (TRL's), k 4 (the paper compares k = 2 and 4).
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from methods import register, scaled_by_strength
-from methods.base import BatchLogps, LossOutput, Method, group_scores
+from methods.base import BatchLogps, LossOutput, Method, clip_fraction, group_scores
 
 
 def leave_one_out(rewards: torch.Tensor) -> torch.Tensor:
@@ -35,6 +36,7 @@ class RLOO(Method):
     epsilon: float = 0.2
     samples_per_prompt: int = 4
     normalize_advantages: bool = False
+    updates_per_rollout: int = 1
     name = "rloo"
     view = "online"
     needs_reference = True
@@ -43,6 +45,7 @@ class RLOO(Method):
 
     def __post_init__(self):
         self.require_positive(epsilon=self.epsilon)
+        self.require_whole(updates_per_rollout=self.updates_per_rollout)
         if self.beta < 0:
             raise ValueError(f"method.beta must be >= 0 (got {self.beta})")
         if self.samples_per_prompt < 2:
@@ -51,12 +54,14 @@ class RLOO(Method):
 
     def loss(self, policy: BatchLogps, reference: BatchLogps | None) -> LossOutput:
         s, k = policy.samples, self.samples_per_prompt
-        kl = (s.sum - reference.samples.sum).detach()
+        old = s.behaviour.sum
+        kl = old - reference.samples.sum.detach()
         rewards = group_scores(s, k) - self.beta * kl.view(-1, k)
         adv = leave_one_out(rewards)
         if self.normalize_advantages:
             adv = (adv - adv.mean()) / (adv.std() + 1e-4)
-        ratio = torch.exp(s.sum - s.sum.detach())
+        ratio = torch.exp(s.sum - old)
         losses = -torch.min(ratio * adv, ratio.clamp(1 - self.epsilon, 1 + self.epsilon) * adv)
         return LossOutput(losses=losses, metrics={"online/score": group_scores(s, k).mean().detach(),
-                                                  "online/kl": kl.mean()})
+                                                  "online/kl": kl.mean(),
+                                                  "online/clip_fraction": clip_fraction(ratio, adv, self.epsilon)})

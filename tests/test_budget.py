@@ -72,7 +72,8 @@ def test_strength_is_the_pull_towards_the_anchor_for_every_method():
 def test_matched_flops_gives_online_runs_the_offline_runs_flops():
     """Pairs of 3 prompt + 5 chosen + 3 prompt + 2 rejected tokens: DPO trains 13 tokens a pair, 6N each, for 120
     steps of 8 pairs. A PPO step trains, samples and reference-scores 8 x 4 samples of about 3 + 5 tokens
-    (6N + 2N + 2N a token): floor(120 * 6 * 13 / (4 * 10 * 8)) = 29 steps; online DPO samples 2: 58."""
+    (6N + 2N + 2N a token): floor(120 * 6 * 13 / (4 * 10 * 8)) = 29 steps; online DPO samples 2: 58. With 4 updates
+    per rollout a step costs 6N + 4N / 4: floor(120 * 6 * 13 / (4 * 7 * 8)) = 41."""
     from datasets import Dataset
 
     from bench.data.prepare import TokenizedData
@@ -85,6 +86,7 @@ def test_matched_flops_gives_online_runs_the_offline_runs_flops():
     assert offline_flops(cfg, data, n_params=10) == 6 * 10 * 120 * 8 * 13
     assert flop_matched_steps(cfg, build_method("ppo"), data) == 29
     assert flop_matched_steps(cfg, build_method("online_dpo"), data) == 58
+    assert flop_matched_steps(cfg, build_method("ppo", updates_per_rollout=4), data) == 41
     assert planned_steps(compose_config(["budget=matched_flops", "method=ppo"])) is None  # follows from the data
     assert planned_steps(compose_config(["budget=matched_flops", "method=orpo"])) == 240  # offline: as matched
     with pytest.raises(UserError, match="unpaired"):

@@ -1,6 +1,8 @@
 """The online methods (GRPO, RLOO, online DPO): their losses against hand-computed values, their training on a tiny
 bandit through the real rollout (sampling, judge, reference), and an exact resume."""
+import json
 import math
+import sys
 
 import pytest
 import torch
@@ -152,19 +154,20 @@ def test_each_online_method_raises_the_expected_reward_on_a_bandit(name, tok, tm
     assert rollout.generated_tokens > 0 and stats["train_tokens"] > 0
 
 
-def straight_and_resumed(method, tok, tmp_path):
-    """The same 4-step run twice: straight, and stopped after its step-2 checkpoint then resumed."""
-    class StopAt2:
+def straight_and_resumed(method, tok, tmp_path, stop=2, every=2):
+    """The same 4-step run twice: straight, and stopped at step ``stop`` (checkpoints every ``every`` steps)
+    then resumed from its step-2 checkpoint."""
+    class Stop:
         def steps(self, total):
-            return {2}
+            return {stop}
 
         def __call__(self, model, step):
             raise RuntimeError("stopped")
 
-    straight, _, counted = bandit(method, tok, tmp_path / "straight", steps=4, checkpoint_every=2)
+    straight, _, counted = bandit(method, tok, tmp_path / "straight", steps=4, checkpoint_every=every)
     with pytest.raises(RuntimeError, match="stopped"):
-        bandit(method, tok, tmp_path / "resumed", steps=4, checkpoint_every=2, curve=StopAt2())
-    resumed, stats, recounted = bandit(method, tok, tmp_path / "resumed", steps=4, checkpoint_every=2)
+        bandit(method, tok, tmp_path / "resumed", steps=4, checkpoint_every=every, curve=Stop())
+    resumed, stats, recounted = bandit(method, tok, tmp_path / "resumed", steps=4, checkpoint_every=every)
     assert stats["resumed_from_step"] == 2
     # the rollouts' cost (cost/rollout_flops) counts all 4 steps once, those before the stop from the checkpoint
     for key in ("generated_tokens", "prompt_tokens", "reference_tokens"):
@@ -174,4 +177,30 @@ def straight_and_resumed(method, tok, tmp_path):
 
 def test_an_online_run_resumes_exactly_sampling_included(tok, tmp_path):
     straight, resumed = straight_and_resumed(methods.build_method("grpo"), tok, tmp_path)
+    assert all(torch.equal(p, q) for p, q in zip(straight.parameters(), resumed.parameters()))
+
+
+class Counted(Rollout):
+    def __call__(self, model, indices, step):
+        self.steps = getattr(self, "steps", []) + [step]
+        return super().__call__(model, indices, step)
+
+
+@pytest.mark.parametrize("name", ["grpo", "rloo", "ppo"])
+def test_a_rollout_serves_updates_per_rollout_steps_with_pi_old_from_its_first(name, tok, tmp_path, monkeypatch):
+    """updates_per_rollout=2: rollouts at steps 0 and 2 only; the first update of each is on-policy (nothing
+    clipped), the second sees pi_old from the first, and a fast-moving policy gets clipped there."""
+    monkeypatch.setattr(sys.modules[__name__], "Rollout", Counted)
+    _, stats, rollout = bandit(methods.build_method(name, updates_per_rollout=2), tok, tmp_path, steps=4)
+    assert rollout.steps == [0, 2]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    clipped = [r["online/clip_fraction"] for r in rows]
+    assert clipped[0] == clipped[2] == 0 and max(clipped[1], clipped[3]) > 0, clipped
+
+
+def test_a_reused_rollout_resumes_exactly_from_a_rollout_boundary(tok, tmp_path):
+    """checkpoint_every=1 with two updates per rollout checkpoints at step 2, not 3 (mid-rollout: a resume there
+    would draw a fresh rollout where the straight run reuses one); stopped at 3, the run resumes from 2."""
+    straight, resumed = straight_and_resumed(methods.build_method("grpo", updates_per_rollout=2), tok, tmp_path,
+                                             stop=3, every=1)
     assert all(torch.equal(p, q) for p, q in zip(straight.parameters(), resumed.parameters()))

@@ -2,6 +2,7 @@
 and the trainer's value head (the ``values`` statistic): trained, checkpointed, resumed exactly, never saved into
 the policy. Its training on the bandit is in tests/test_online.py with the other online methods."""
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -89,6 +90,40 @@ def test_ppo_loss_is_the_clipped_objective_of_whitened_gae_plus_the_value_loss(k
     assert pg == pytest.approx(0.0, abs=1e-9)  # whitened advantages have mean 0
 
 
+OLD = [[-1.5, -1.7, -0.5], [-0.3], [-0.9, -0.7]]  # pi_old of a reused rollout: ratios e^0.5, e^-0.3, 1, ...
+V_OLD = [[0.5, -0.1, 0.1], [0.5], [-0.3, 0.6]]  # V_old: the value clip (0.2) acts where V moved further
+
+
+def test_a_reused_rollout_clips_the_ratio_and_the_values_around_pi_old_and_v_old():
+    """A later update of a rollout (``updates_per_rollout`` > 1): the KL reward, GAE and the returns use pi_old
+    and V_old (``SeqLogps.old``); -min(rho A, clip(rho) A) and max((V - R)^2, (clip(V, V_old +- 0.2) - R)^2)."""
+    method = methods.build_method("ppo", updates_per_rollout=2)
+    policy, reference, *_ = batch()
+    n_tokens = policy.samples.n_tokens
+    old = SeqLogps(padded(OLD).sum(1), n_tokens, padded(OLD), values=padded(V_OLD))
+    out = method.loss(BatchLogps(samples=replace(policy.samples, old=old)), reference)
+    rewards = []
+    for o, r, score in zip(OLD, REF, SCORES):
+        row = [-method.beta * (a - b) for a, b in zip(o, r)]
+        row[-1] += score
+        rewards.append(row)
+    adv = [hand_gae(r, v, method.gamma, method.lam) for r, v in zip(rewards, V_OLD)]
+    returns = [[a + v for a, v in zip(ra, rv)] for ra, rv in zip(adv, V_OLD)]
+    white = hand_whiten(adv)
+    pg = vf = cut = 0.0
+    for i in range(3):
+        for t in range(len(POLICY[i])):
+            rho, a = math.exp(POLICY[i][t] - OLD[i][t]), white[i][t]
+            pg += -min(rho * a, min(max(rho, 0.8), 1.2) * a)
+            cut += (rho > 1.2 and a > 0) or (rho < 0.8 and a < 0)
+            v, v_old, g = VALUES[i][t], V_OLD[i][t], returns[i][t]
+            vf += 0.5 * max((v - g) ** 2, (v_old + min(max(v - v_old, -0.2), 0.2) - g) ** 2)
+    n = sum(map(len, POLICY))
+    assert float(out.loss.detach()) == pytest.approx(pg / n + method.vf_coef * vf / n, abs=1e-9)
+    assert float(out.metrics["online/clip_fraction"]) == pytest.approx(cut / n, abs=1e-7) and cut > 0
+    assert float(out.metrics["online/value_loss"]) == pytest.approx(vf / n, abs=1e-9)
+
+
 def test_ppo_gradients_are_the_advantages_and_the_value_regression():
     method = methods.build_method("ppo")
     policy, reference, logps, values = batch(values_grad=True)
@@ -110,6 +145,9 @@ def test_ppo_refuses_bad_settings():
         methods.build_method("ppo", kl_estimator="k2")
     with pytest.raises(ValueError, match="gamma"):
         methods.build_method("ppo", lam=1.5)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="updates_per_rollout must be a whole number"):
+            methods.build_method("ppo", updates_per_rollout=bad)
 
 
 def test_the_value_head_trains_resumes_exactly_and_stays_out_of_the_policy(tok, tmp_path):  # noqa: F811

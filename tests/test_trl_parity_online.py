@@ -1,8 +1,11 @@
 """GRPO and RLOO against TRL 1.16's own loss computations (``GRPOTrainer._compute_loss``,
 ``RLOOTrainer._compute_loss``) on the same model, prompts, completions, judge scores and reference log-probs, loss
 and gradient to 1e-5. TRL computes its advantages while generating; they are given to it here by TRL's own
-formulas (``_generate_and_score_completions``), while prefbench's methods compute theirs from the scores."""
+formulas (``_generate_and_score_completions``), while prefbench's methods compute theirs from the scores. The
+``reused`` cases give both a pi_old away from the policy (a rollout's later update, ``updates_per_rollout`` > 1):
+TRL's ``old_per_token_logps`` / ``old_logps``, prefbench's ``SeqLogps.old``; the ratios then leave the clip range."""
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -47,6 +50,13 @@ def stats(policy_model, reference_model, pad_id, statistics):
             methods.BatchLogps(samples=reference))
 
 
+def away(logps: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """pi_old's log-probs: the policy's, detached and moved by up to +-0.5 a token (ratios of 0.6 to 1.6)."""
+    g = torch.Generator().manual_seed(3)
+    moved = logps.detach() + (torch.rand(logps.shape, generator=g) - 0.5)
+    return moved * mask if mask is not None else moved
+
+
 def moved(model, path):
     """The reference (a copy of ``model``), and the path of the policy: ``model`` moved away from it and saved, since
     TRL builds its own reference model from the policy's path when beta > 0 (its log-probs are given here)."""
@@ -58,9 +68,10 @@ def moved(model, path):
     return reference, str(path)
 
 
-@pytest.mark.parametrize("loss_type,scale,correction", [("grpo", "group", False), ("dr_grpo", "none", False),
-                                                        ("grpo", "none", False), ("grpo", "group", True)])
-def test_grpo_matches_trl(tok, model, tmp_path, loss_type, scale, correction):
+@pytest.mark.parametrize("loss_type,scale,correction,reused", [
+    ("grpo", "group", False, False), ("dr_grpo", "none", False, False), ("grpo", "none", False, False),
+    ("grpo", "group", True, False), ("grpo", "group", False, True), ("dr_grpo", "none", True, True)])
+def test_grpo_matches_trl(tok, model, tmp_path, loss_type, scale, correction, reused):
     from trl import GRPOConfig, GRPOTrainer
 
     reference, policy_path = moved(model, tmp_path / "policy")
@@ -77,15 +88,21 @@ def test_grpo_matches_trl(tok, model, tmp_path, loss_type, scale, correction):
     if scale == "group":
         adv = adv / (scores.std(1, keepdim=True) + 1e-4)
     inputs = trl_inputs(tok.pad_token_id) | {"advantages": adv.reshape(-1), "ref_per_token_logps": ref.samples.tokens}
+    if reused:
+        s = policy.samples
+        old = away(s.tokens, s.mask)
+        policy = methods.BatchLogps(samples=dataclasses.replace(s, old=dataclasses.replace(s.detached(), tokens=old)))
+        inputs["old_per_token_logps"] = old
     theirs = trainer._compute_loss(trainer.model, inputs)
     method = methods.build_method("grpo", beta=0.04, loss_type=loss_type, scale_rewards=scale == "group",
                                   max_completion_length=6, kl_correction=correction)
-    ours = method.loss(policy, ref).total()
-    assert_same(ours, theirs, trainer.model)
+    out = method.loss(policy, ref)
+    assert_same(out.total(), theirs, trainer.model)
+    assert (float(out.metrics["online/clip_fraction"]) > 0) == reused
 
 
-@pytest.mark.parametrize("normalize", [False, True])
-def test_rloo_matches_trl(tok, model, tmp_path, normalize):
+@pytest.mark.parametrize("normalize,reused", [(False, False), (True, False), (False, True), (True, True)])
+def test_rloo_matches_trl(tok, model, tmp_path, normalize, reused):
     from trl import RLOOConfig, RLOOTrainer
 
     reference, policy_path = moved(model, tmp_path / "policy")
@@ -95,12 +112,16 @@ def test_rloo_matches_trl(tok, model, tmp_path, normalize):
     trainer = RLOOTrainer(model=policy_path, reward_funcs=lambda completions, **kw: [0.0] * len(completions), args=args,
                           train_dataset=Dataset.from_list([{"prompt": "a"}] * 8), processing_class=tok)
     policy, ref = stats(trainer.model, reference, tok.pad_token_id, frozenset())
-    old = policy.samples.sum.detach()
+    old = away(policy.samples.sum) if reused else policy.samples.sum.detach()
+    if reused:
+        s = policy.samples
+        policy = methods.BatchLogps(samples=dataclasses.replace(s, old=dataclasses.replace(s.detached(), sum=old)))
     rewards = (torch.tensor(SCORES) - 0.05 * (old - ref.samples.sum)).view(-1, K)  # TRL: KL in the reward
     baselines = (rewards.sum(1, keepdim=True) - rewards) / (K - 1)
     adv = (rewards - baselines).reshape(-1)
     if normalize:
         adv = (adv - adv.mean()) / (adv.std() + 1e-4)
     theirs = trainer._compute_loss(trainer.model, trl_inputs(tok.pad_token_id) | {"advantages": adv, "old_logps": old})
-    ours = methods.build_method("rloo", beta=0.05, normalize_advantages=normalize).loss(policy, ref).total()
-    assert_same(ours, theirs, trainer.model)
+    out = methods.build_method("rloo", beta=0.05, normalize_advantages=normalize).loss(policy, ref)
+    assert_same(out.total(), theirs, trainer.model)
+    assert (float(out.metrics["online/clip_fraction"]) > 0) == reused

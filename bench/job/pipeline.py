@@ -76,11 +76,13 @@ def offline_flops(cfg: DictConfig, data: TokenizedData, n_params: int) -> float:
 
 def flop_matched_steps(cfg: DictConfig, method, data: TokenizedData) -> int:
     """budget=matched_flops: the steps of an online run whose FLOPs equal ``offline_flops``. A step trains the
-    B·k samples of its B prompts (6N a token), samples them (2N a token: prefill and new tokens) and, with a
-    reference, scores them (2N); N and B cancel. A sample's length is estimated by its prompt and chosen
-    response, which the SFT stage imitates; what was spent is in cost/flops_vs_offline."""
+    B·k samples of its B prompts (6N a token); each rollout, shared by ``updates_per_rollout`` steps, samples
+    them (2N a token: prefill and new tokens) and, with a reference, scores them (2N); N and B cancel. A
+    sample's length is estimated by its prompt and chosen response, which the SFT stage imitates; what was
+    spent is in cost/flops_vs_offline."""
     pair, sample = _mean_tokens(cfg, data)
-    per_step = method.samples_per_prompt * sample * (8 + 2 * method.needs_reference)
+    rollout = (2 + 2 * method.needs_reference) / method.updates_per_rollout
+    per_step = method.samples_per_prompt * sample * (6 + rollout)
     return max(1, math.floor(int(cfg.trainer.steps) * 6 * pair / per_step))
 
 

@@ -36,6 +36,7 @@ from bench.model.packing import packed_attention, unpacked
 from bench.train.distributed import check_world, gather_batch
 from bench.train.metrics import uniform_metrics
 from bench.train.refcache import ReferenceLogps
+from bench.train.reuse import RolloutCycle, aligned_every
 from methods import BatchLogps, Method, SeqLogps
 
 
@@ -107,16 +108,6 @@ def _call_curve(curve, accelerator, model, step: int) -> None:
     accelerator.wait_for_everyone()
 
 
-def _fresh(rollout, model, accelerator, indices: list[int], step: int):
-    """A rollout's fresh samples for one micro-batch: it gets the unwrapped model, outside packed attention
-    (generation runs ordinary forwards), and the model is back in training mode afterwards."""
-    inner = accelerator.unwrap_model(model)
-    with unpacked(inner):
-        out = rollout(inner, indices, step)
-    model.train()
-    return out
-
-
 def batch_indices(n: int, batch_size: int, seed: int, micro_step: int, rank: int = 0, world: int = 1,
                   shuffle: bool = True) -> list[int]:
     """Example indices of micro-batch number ``micro_step``: a fresh seeded shuffle every epoch,
@@ -170,7 +161,8 @@ def train(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, pad
     micro-batch of ``view``'s examples (with the unwrapped model, outside packed attention) and returning
     ``(View, ReferenceLogps | None)``: the sequences to train on, with judge scores in ``View.scores``, and
     the reference's statistics of them; its ``state_dict()`` (cost counters), if it has one, goes into the
-    checkpoint. ``reference_model``: the reference itself, for a method that asks for
+    checkpoint. Each rollout serves ``method.updates_per_rollout`` steps (``bench.train.reuse``: pi_old, and
+    checkpoints at rollout boundaries). ``reference_model``: the reference itself, for a method that asks for
     the ``reference_kl`` statistic (its distributions are not cached: it runs beside the policy). A method that
     asks for ``values`` gets the trainer's value head (``make_value_head``), trained with the policy and kept
     in the checkpoint's trainer state, never in the policy's weights. A stateful method's state is threaded
@@ -193,6 +185,8 @@ def train(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, pad
     scheduler = get_scheduler(spec.scheduler, optimizer, num_warmup_steps=math.ceil(spec.warmup_ratio * spec.steps),
                               num_training_steps=spec.steps)
     curve_at = curve.steps(spec.steps) if curve is not None else set()
+    cycle = RolloutCycle(rollout, method.updates_per_rollout) if method.needs_samples else None
+    checkpoint_every = aligned_every(spec.checkpoint_every, method.updates_per_rollout)
     start_step, progress = load_checkpoint(out_dir / "checkpoint", model, optimizer, scheduler)
     state = method.initial_state()
     if state is not None and start_step:
@@ -231,13 +225,14 @@ def train(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, pad
                                         rank, accelerator.num_processes, spec.shuffle)
                           for rank in range(accelerator.num_processes)]  # shard r is rank r's part of the batch
                 indices = shards[accelerator.process_index]
-                batch_view, batch_ref = (_fresh(rollout, model, accelerator, indices, step) if method.needs_samples
+                batch_view, batch_ref = (cycle.samples(model, accelerator, micro, indices, step) if cycle
                                          else (view, reference))
                 rows = range(len(batch_view)) if method.needs_samples else indices
                 with accelerator.accumulate(*trained):
                     with accelerator.autocast():
                         policy, index = forward(model, batch_view, rows, pad_id, device, method.statistics,
                                                 reference_model, value_head)
+                    policy = cycle.with_old(micro, policy) if cycle else policy
                     ref = batch_ref.lookup(index, device) if batch_ref is not None else None
                     # every process scores the global micro-batch (bench.train.distributed: exact for every loss)
                     policy, ref = gather_batch(policy), gather_batch(ref)
@@ -277,7 +272,7 @@ def train(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, pad
                 if accelerator.is_main_process:
                     log.append(last)
                 bar.set_postfix(loss=f"{last['loss']:.3f}")
-            if (done == spec.steps and spec.save_final) or (spec.checkpoint_every and done % spec.checkpoint_every == 0):
+            if (done == spec.steps and spec.save_final) or (checkpoint_every and done % checkpoint_every == 0):
                 accelerator.wait_for_everyone()
                 if accelerator.is_main_process:
                     save_checkpoint(out_dir / "checkpoint", accelerator.unwrap_model(model), optimizer, scheduler, done,
