@@ -17,7 +17,7 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("model", "models, padding-free forwards, log-probs, FLOPs",
      ("models", "packing", "logprobs", "compute")),
     ("train", "the one trainer",
-     ("refcache", "metrics", "distributed", "trainer")),
+     ("refcache", "metrics", "distributed", "reuse", "trainer")),
     ("eval", "samples, judges, online rollouts, metrics, frontiers",
      ("spec", "sampling", "embedder", "metrics", "frontier", "llm_judge", "judges", "rollout", "curve",
       "evaluate")),

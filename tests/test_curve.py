@@ -99,6 +99,8 @@ def test_a_proxy_judge_on_a_builtin_task_also_records_the_gold_score(tmp_path, s
     df = load_runs(tmp_path / "proxy")
     peaks = gold_peaks(load_curves(df))
     assert list(peaks["series"]) == ["dpo"] and peaks["peak_step"].iloc[0] in [r["step"] for r in curve]
+    end = peaks.iloc[0]  # the end's CI is over the final samples' prompts (one seed), around their mean
+    assert end["gold_end_ci_low"] < summary["eval/gold_score_mean"] < end["gold_end_ci_high"]
     build_report(tmp_path / "proxy")
     assert (tmp_path / "proxy" / "report" / "proxy_gold.png").exists()
     assert "Proxy vs gold" in (tmp_path / "proxy" / "report" / "index.html").read_text()

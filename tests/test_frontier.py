@@ -136,6 +136,18 @@ def test_gao_fit_without_a_maximum_or_points():
         gao_fit(d, d, "ppo")
 
 
+def test_a_peak_far_beyond_the_measured_kl_is_not_reported():
+    """RLOO's fit in the proxy_online reference had beta 0.004: its peak at KL 8e120 was printed as a finding."""
+    d = np.linspace(0, 2.3, 15)
+    fit = gao_fit(d, d * (0.574 - 0.004 * np.log(np.where(d > 0, d, 1))), "rl")
+    assert fit["beta"] == pytest.approx(0.004, abs=1e-8)
+    assert math.isnan(fit["peak_kl"]) and math.isnan(fit["peak_reward"])
+    far = gao_fit(np.linspace(0, 4, 20), np.linspace(0, 4, 20) * (1.3 - 0.2 * np.linspace(0, 4, 20)), "bon")
+    assert far["peak_kl"] == pytest.approx(3.25**2)  # peak at d = 3.25 < 2 x 4: reported
+    near = gao_fit(np.linspace(0, 1.5, 20), np.linspace(0, 1.5, 20) * (1.3 - 0.2 * np.linspace(0, 1.5, 20)), "bon")
+    assert math.isnan(near["peak_kl"])  # d = 3.25 > 2 x 1.5: beyond what was measured
+
+
 def test_pareto_front_and_value_at_kl():
     kl = [0.0, 1.0, 2.0, 3.0, 1.5, np.nan, 1.0, 4.0]
     value = [0.1, 0.5, 0.4, 0.9, 0.6, 1.0, 0.3, 0.9]

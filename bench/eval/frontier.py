@@ -89,8 +89,13 @@ def _design(d: np.ndarray, form: str) -> np.ndarray:
     raise ValueError(f"form must be 'bon' or 'rl' (got {form!r})")
 
 
+PEAK_REACH = 2.0  # a fitted peak beyond this times the largest d measured is not reported: still rising where measured
+
+
 def gao_fit(d: Sequence[float], r: Sequence[float], form: str) -> dict:
-    """Least squares without intercept of R(d) = d(alpha - beta d) ("bon") or d(alpha - beta log d) ("rl")."""
+    """Least squares without intercept of R(d) = d(alpha - beta d) ("bon") or d(alpha - beta log d) ("rl"). The
+    peak (``peak_kl``, ``peak_reward``) is reported when it lies within PEAK_REACH times the largest d fitted; a
+    nearly straight curve (beta just above 0) would otherwise place it at an absurd KL such as 1e120."""
     if form not in ("bon", "rl"):
         raise ValueError(f"form must be 'bon' or 'rl' (got {form!r})")
     d, r = np.asarray(d, dtype=float).ravel(), np.asarray(r, dtype=float).ravel()
@@ -108,8 +113,9 @@ def gao_fit(d: Sequence[float], r: Sequence[float], form: str) -> dict:
         return out
     out.update(alpha=float(alpha), beta=float(beta))
     if beta > 0 and (form == "rl" or alpha > 0):  # "bon" with alpha <= 0 peaks at d <= 0: no interior maximum
-        peak = alpha / (2 * beta) if form == "bon" else math.exp(alpha / beta - 1)
-        out.update(peak_kl=float(peak**2), peak_reward=float(gao_curve(out, [peak])[0]))
+        peak = alpha / (2 * beta) if form == "bon" else math.exp(min(alpha / beta - 1, 700.0))
+        if peak <= PEAK_REACH * d.max():
+            out.update(peak_kl=float(peak**2), peak_reward=float(gao_curve(out, [peak])[0]))
     ss_tot = float(((r - r.mean()) ** 2).sum())
     if len(d) >= 3 and ss_tot > 0:
         out["r2"] = 1 - float(((r - x @ np.array([alpha, beta])) ** 2).sum()) / ss_tot

@@ -17,6 +17,7 @@ import pandas as pd
 
 from bench.eval import frontier
 from bench.io.results import read_jsonl
+from bench.report import stats
 from bench.report.tables import counted, done
 
 DISPLACEMENT = "likelihood displacement"
@@ -101,17 +102,30 @@ def matched_kl(df: pd.DataFrame, curves: pd.DataFrame, bon: pd.DataFrame) -> pd.
 
 
 def gold_peaks(curves: pd.DataFrame) -> pd.DataFrame:
-    """Per (series, model): the KL at which the seed-mean gold score peaks along training, and the proxy's score there."""
+    """Per (series, model): the KL at which the seed-mean gold score peaks along training, the gold score there and
+    at the end, with the end's 95% two-stage bootstrap CI (seeds, then prompts, from each run's samples.jsonl;
+    collapsed runs included: over-optimisation is what this table shows), and the proxy's score at the end."""
     if curves.empty or "gold_score_mean" not in curves:
         return pd.DataFrame()
     rows = []
-    for (series, model), g in curves.groupby(["series", "model"]):
+    for i, ((series, model), g) in enumerate(curves.groupby(["series", "model"])):
         m = g.groupby("step")[["kl", "score_mean", "gold_score_mean"]].mean()
         best = m["gold_score_mean"].idxmax()
+        ci = stats.hierarchical_bootstrap([_prompt_gold(run) for run in g["run_dir"].unique()], N_BOOT, i)
         rows.append({"series": series, "model": model, "peak_step": best, "peak_kl": m.loc[best, "kl"],
                      "gold_at_peak": m.loc[best, "gold_score_mean"], "gold_at_end": m["gold_score_mean"].iloc[-1],
+                     "gold_end_ci_low": ci["ci_low"], "gold_end_ci_high": ci["ci_high"],
                      "proxy_at_end": m["score_mean"].iloc[-1]})
     return pd.DataFrame(rows)
+
+
+def _prompt_gold(run_dir: str) -> np.ndarray:
+    """A run's mean gold score per held-out prompt, from its final samples."""
+    by_prompt: dict[int, list[float]] = {}
+    for r in read_jsonl(Path(run_dir) / "samples.jsonl"):
+        if r.get("gold_score") is not None:
+            by_prompt.setdefault(r["prompt_index"], []).append(r["gold_score"])
+    return np.array([np.mean(v) for v in by_prompt.values()])
 
 
 def diagnostics(df: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
@@ -168,7 +182,7 @@ def frontier_html(df: pd.DataFrame) -> str:
     parts = ["<h2>Frontier fits and matched-KL win rates</h2><p>Fits of the gain in judge score over the anchor, "
              "R(d) with d = sqrt(KL): RL form d(alpha - beta log d) for each method (all its seeds, checkpoints and "
              "settings), best-of-n form d(alpha - beta d) for best-of-n (Gao et al. 2022, eq. 1-2). peak_kl: where "
-             "the fit peaks (blank: no peak, still rising).</p>"]
+             "the fit peaks (blank: no peak, or one beyond twice the largest sqrt(KL) measured: still rising).</p>"]
     f = fits(curves, bon)
     if not f.empty:
         parts.append(_table(f[["series", "model", "form", "alpha", "beta", "peak_kl", "peak_reward", "r2", "n_points"]]))
@@ -180,8 +194,9 @@ def frontier_html(df: pd.DataFrame) -> str:
                      "its largest n.</p>" + _table(m.sort_values(["model", "mean"], ascending=[True, False])))
     peaks = gold_peaks(curves)
     if not peaks.empty:
-        parts.append("<h3>Proxy vs gold</h3><p>Where the seed-mean gold score peaks along training, against the proxy "
-                     "judge's score at the end.</p>" + _table(peaks))
+        parts.append("<h3>Proxy vs gold</h3><p>Where the seed-mean gold score peaks along training, the gold score "
+                     "at the end with its 95% two-stage bootstrap CI (seeds, then prompts; collapsed runs included), "
+                     "and the proxy judge's score at the end.</p>" + _table(peaks))
     diag = diagnostics(df, curves)
     parts.append("<h3>Diagnostics</h3>" + (_table(diag.drop(columns="run")) if not diag.empty else "<p>No run flagged.</p>")
                  + f"<p>Flags: {DISPLACEMENT} (the held-out chosen log-prob falls while the margin over rejected rises, "
