@@ -1,6 +1,7 @@
 """Multi-process training is real or refused (bench.train.distributed): two gloo processes at batch B/2 give
-the losses, metrics, gradients and parameters of one process at batch B for every method, with the
-reference cache and metrics written once; launches that cannot be honoured stop with one line."""
+the losses, metrics, gradients and parameters of one process at batch B, for methods of sums, of per-token
+statistics (WPO, LD-DPO) and online ones (GRPO, RLOO, PPO with a reused rollout and its value head: judge
+scores, pi_old and values gathered), with the reference cache and metrics written once; launches that cannot be honoured stop with one line."""
 import json
 import os
 import subprocess
@@ -14,7 +15,7 @@ import torch
 from tests.conftest import REPO, SMOKE
 
 WORKER = REPO / "tests" / "distributed_worker.py"
-METHODS = ["sft", "dpo", "ipo", "kto", "orpo"]
+METHODS = ["sft", "dpo", "ipo", "kto", "orpo", "wpo", "ld_dpo", "grpo", "rloo", "ppo"]  # per-token, online too
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 BIN = Path(sys.executable).parent
 

@@ -158,3 +158,14 @@ def test_the_value_head_trains_resumes_exactly_and_stays_out_of_the_policy(tok, 
              for run in ("straight", "resumed")]
     assert all(torch.equal(heads[0][k], heads[1][k]) for k in heads[0])
     assert not torch.equal(heads[0]["weight"], make_value_head(straight, 0).weight)  # it was trained
+
+
+def test_the_value_head_takes_the_policys_dtype():
+    """A float64 policy (the distributed test's) met a float32 head: "mat1 and mat2 must have the same dtype"."""
+    from tests.test_online import bandit_model
+
+    policy = bandit_model().double()
+    head = make_value_head(policy, 0)
+    assert head.weight.dtype == torch.float64
+    hidden = policy(torch.tensor([[2, 3]]), output_hidden_states=True).hidden_states[-1]
+    assert head(hidden).shape == (1, 2, 1)

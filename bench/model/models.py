@@ -99,9 +99,10 @@ def make_value_head(model, seed: int) -> torch.nn.Linear:
     """The trainer's value head for a method that asks for ``values`` (PPO's critic): a linear map of the
     policy's last hidden state (the LM head's input) to a scalar, sharing the policy's body as TRL's
     ``AutoModelForCausalLMWithValueHead`` does. Weights N(0, 1/sqrt(d + 1)), bias 0: the head initialisation
-    of Ziegler et al. 2019 (lm-human-preferences), drawn from its own seeded generator."""
-    d = model.get_output_embeddings().in_features
-    head = torch.nn.Linear(d, 1)
+    of Ziegler et al. 2019 (lm-human-preferences), drawn from its own seeded generator; in the LM head's dtype."""
+    lm_head = model.get_output_embeddings()
+    d = lm_head.in_features
+    head = torch.nn.Linear(d, 1, dtype=lm_head.weight.dtype)
     with torch.no_grad():
         head.weight.normal_(0, 1 / math.sqrt(d + 1), generator=torch.Generator().manual_seed(seed))
         head.bias.zero_()

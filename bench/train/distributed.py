@@ -14,12 +14,14 @@ Refused with one line:
   * the ``prefbench`` commands: a job also builds stages, caches and evaluates, which are not
     multi-process aware; ``refuse_multiprocess`` is their start-up check.
 
-Exactness: the trainer gathers the per-sequence statistics of every process (``gather_batch``), so each
-process computes the loss of the GLOBAL batch: KTO's KL estimate z is the mean over all processes'
+Exactness: the trainer gathers every statistic of every process (``gather_batch``: sums, per-token statistics
+padded to the widest, online methods' judge scores, pi_old and values), so each process computes the loss of
+the GLOBAL batch: KTO's KL estimate z is the mean over all processes'
 mismatched pairs (as HALOs, ``accelerator.gather(KL_rewards.detach()).mean()``, and TRL's KTOTrainer,
 ``accelerator.gather_for_metrics(kl).mean()``, do), SFT's and ORPO's token-mean NLL divide by the global
-token count (what transformers does with ``num_items_in_batch``), and the logged loss and metrics are
-those of the whole batch. The gather's backward sums the gradient of every process's (identical) loss
+token count (what transformers does with ``num_items_in_batch``), PPO's whitening spans every process's
+samples (each process samples its own prompts; a prompt's group of samples stays whole, as GRPO's and RLOO's
+baselines need), and the logged loss and metrics are those of the whole batch. The gather's backward sums the gradient of every process's (identical) loss
 with respect to this process's rows; DDP's average of the parameter gradients then equals the gradient
 of the global-batch loss for every method.
 """
@@ -104,40 +106,37 @@ class _AllGather(torch.autograd.Function):
         return grad[dist.get_rank()]
 
 
+def _gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """Every process's rows of ``x`` (B_r, ...) concatenated in rank order, on every process; the other dims
+    zero-padded to the widest (per-token statistics are right-padded with 0 already); differentiable. Where any
+    process's ``x`` requires grad, every process's does, so all join the backward's all_reduce (a process with
+    no rows of a role, such as KTO's undesirable ones, holds zeros without grad)."""
+    world = dist.get_world_size()
+    meta = torch.tensor([*x.shape, int(x.requires_grad)], device=x.device)
+    metas = [torch.empty_like(meta) for _ in range(world)]
+    dist.all_gather(metas, meta)
+    metas = torch.stack(metas).tolist()
+    shapes = [m[:-1] for m in metas]
+    if any(m[-1] for m in metas) and not x.requires_grad:
+        x = x.detach().requires_grad_()
+    widest = [max(s[d] for s in shapes) for d in range(x.dim())]
+    pad = [n for d in reversed(range(x.dim())) for n in (0, widest[d] - x.shape[d])]
+    stacked = _AllGather.apply(torch.nn.functional.pad(x, pad))
+    return torch.cat([stacked[rank, :rows[0]] for rank, rows in enumerate(shapes)])
+
+
+def _gather_seq(s: SeqLogps) -> SeqLogps:
+    """Each statistic of ``s`` gathered across processes (``old``, pi_old's, too); every process holds the same
+    statistics (one method), so the collectives line up."""
+    out = {f.name: _gather_rows(getattr(s, f.name)) for f in fields(s)
+           if f.name != "old" and getattr(s, f.name) is not None}
+    return SeqLogps(**out, old=_gather_seq(s.old) if s.old is not None else None)
+
+
 def gather_batch(batch: BatchLogps | None) -> BatchLogps | None:
     """The statistics of every process's micro-batch, concatenated in rank order, on every process;
-    differentiable. A role is None only where no process has it. Unchanged in a single process."""
+    differentiable. Every process's batch has the same roles (bench.train.trainer.forward gives every trained
+    role, with zero sequences where a process has none). Unchanged in a single process."""
     if batch is None or not is_distributed():
         return batch
-    roles = sorted(batch)  # every process's batch has the view's roles (bench.train.trainer.forward)
-    local = [batch[role] for role in roles]
-    extra = sorted({f.name for s in local for f in fields(s) if f.name not in ("sum", "n_tokens")
-                    and getattr(s, f.name) is not None})
-    if extra:
-        raise UserError(f"statistics beyond the sums ({', '.join(extra)}) are not gathered across processes yet; "
-                        "run methods that ask for them, and online methods, in one process")
-    first = local[0]
-    sizes = torch.tensor([-1 if s is None else len(s.sum) for s in local], device=first.sum.device)
-    all_sizes = [torch.empty_like(sizes) for _ in range(dist.get_world_size())]
-    dist.all_gather(all_sizes, sizes)
-    all_sizes = torch.stack(all_sizes).tolist()
-    # float64 carries float32 sums and integer counts exactly; one padded row per process
-    flat = torch.cat([torch.cat([s.sum.double(), s.n_tokens.double()]) for s in local if s is not None])
-    width = max(2 * sum(max(k, 0) for k in row) for row in all_sizes)
-    rows = _AllGather.apply(torch.nn.functional.pad(flat, (0, width - len(flat))))
-    pieces: dict[str, list] = {role: [] for role in roles}
-    for rank, row in enumerate(all_sizes):
-        offset = 0
-        for role, k in zip(roles, row):
-            if k >= 0:
-                pieces[role].append((rows[rank, offset:offset + k], rows[rank, offset + k:offset + 2 * k]))
-                offset += 2 * k
-    sum_dtype, n_dtype = first.sum.dtype, first.n_tokens.dtype
-
-    def role(name):
-        if not pieces[name]:
-            return None
-        sums, counts = zip(*pieces[name])
-        return SeqLogps(torch.cat(sums).to(sum_dtype), torch.cat(counts).to(n_dtype))
-
-    return BatchLogps(**{name: role(name) for name in roles})
+    return BatchLogps(**{role: _gather_seq(batch[role]) for role in sorted(batch)})

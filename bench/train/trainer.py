@@ -254,8 +254,8 @@ def train(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, pad
                     if accelerator.sync_gradients:
                         scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
-                tokens += (batch_view.n_tokens(rows) * accelerator.num_processes if method.needs_samples
-                           else view.n_tokens([i for shard in shards for i in shard]))
+                tokens += (int(accelerator.reduce(torch.tensor(batch_view.n_tokens(rows), device=device), "sum"))
+                           if method.needs_samples else view.n_tokens([i for shard in shards for i in shard]))
                 m = uniform_metrics(policy, ref, spec.reward_beta, batch_view.spec)
                 m |= {k: float(v) for k, v in out.metrics.items()}
                 m["loss"] = float(loss.detach())
