@@ -1,7 +1,8 @@
 """`prefbench conform [METHOD ...] [--e2e]`: the checks every method plugin passes (issue 15), one line each.
 
   loss        finite with finite gradients on random statistics and on extreme ones (log-probs near 0 and
-              near -1e4, one-token and long sequences), for every role of the method's view
+              near -1e4, one-token and long sequences), for every role of the method's view; an online method
+              also on a reused rollout's later update (pi_old 2 nats a token above and below the policy)
   reference   a reference-free method runs with no reference statistics at all
   direction   for a view with an aligned pair (paired): at a neutral point (policy = reference, or equal
               likelihoods for a reference-free method) a gradient step raises chosen relative to rejected
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -79,18 +81,33 @@ def check_loss(method: Method) -> str:
              "very unlikely": (lambda shape: torch.full(shape, -60.0), [20, 40]),
              "mixed": (lambda shape: torch.where(torch.rand(shape, generator=torch.Generator().manual_seed(1)) < 0.5,
                                                  -1e-6, -40.0), [1, 30])}
+    old_shifts = (None, -2.0, 2.0) if method.needs_samples else (None,)
     for case, (draw, lengths) in cases.items():
         for shift in (-0.5, 0.5):  # the policy above and below the reference, by half a nat per token
-            leaves: list[torch.Tensor] = []
-            policy = _batch(method, draw, lengths, leaves, against=lambda s: draw(s) + shift)
-            reference = _batch(method, lambda s: draw(s) + shift, lengths) if method.needs_reference else None
-            total = _loss(method, policy, reference).total()
-            if total.dim() != 0 or not torch.isfinite(total):
-                raise AssertionError(f"loss is {total} on {case} log-probs")
-            total.backward()
-            if any(t.grad is None or not torch.isfinite(t.grad).all() for t in leaves):
-                raise AssertionError(f"a non-finite or missing gradient on {case} log-probs")
-    return f"finite loss and gradients on {len(cases)} kinds of statistics, policy above and below the reference"
+            for old in old_shifts:
+                leaves: list[torch.Tensor] = []
+                policy = _batch(method, draw, lengths, leaves, against=lambda s: draw(s) + shift)
+                policy = _with_old(policy, old) if old is not None else policy
+                reference = _batch(method, lambda s: draw(s) + shift, lengths) if method.needs_reference else None
+                total = _loss(method, policy, reference).total()
+                where = f"{case} log-probs" + (f", pi_old {old:+g} nats a token" if old is not None else "")
+                if total.dim() != 0 or not torch.isfinite(total):
+                    raise AssertionError(f"loss is {total} on {where}")
+                total.backward()
+                if any(t.grad is None or not torch.isfinite(t.grad).all() for t in leaves):
+                    raise AssertionError(f"a non-finite or missing gradient on {where}")
+    reused = ", and on a reused rollout (pi_old away from the policy)" if method.needs_samples else ""
+    return (f"finite loss and gradients on {len(cases)} kinds of statistics, policy above and below the "
+            f"reference{reused}")
+
+
+def _with_old(policy: BatchLogps, shift: float) -> BatchLogps:
+    """Each role with ``old``: its own statistics, detached, with pi_old ``shift`` nats a token away."""
+    def old(s: SeqLogps) -> SeqLogps:
+        moved = s.detached()
+        tokens = moved.tokens + shift * s.mask if moved.tokens is not None else None
+        return replace(moved, sum=moved.sum + shift * s.n_tokens, tokens=tokens)
+    return BatchLogps(**{role: replace(s, old=old(s)) for role, s in policy.items()})
 
 
 def check_reference(method: Method) -> str:

@@ -62,6 +62,19 @@ class Overflowing(Method):
         return LossOutput((torch.exp(-policy.chosen.sum) - torch.exp(-policy.rejected.sum)).mean())
 
 
+@dataclass
+class UnclippedRatio(Method):
+    """An online loss with an unbounded sequence ratio: fine on-policy, inf once pi_old is far from the policy."""
+    name = "unclipped"
+    view = "online"
+    needs_reference = False
+    needs_samples = True
+
+    def loss(self, policy, reference):
+        s = policy.samples
+        return LossOutput(-(torch.exp(20 * (s.sum - s.behaviour.sum)) * s.score).mean())
+
+
 @pytest.fixture
 def registered():
     saved = dict(methods.registry())
@@ -79,6 +92,8 @@ def test_the_checks_fail_on_broken_methods(registered):
         check_strength("ignored")
     with pytest.raises(AssertionError, match="very unlikely"):
         check_loss(Overflowing())
+    with pytest.raises(AssertionError, match="pi_old -2 nats a token"):
+        check_loss(UnclippedRatio())
     assert [c for c, _, ok in conform("backwards") if not ok] == ["direction"]
 
 
