@@ -45,6 +45,24 @@ def test_reward_model_judge_scores_in_batches(tiny_rm):
     assert single == pytest.approx(scores[:2], abs=1e-4)  # padding does not change a score
 
 
+def test_a_new_reward_head_is_drawn_from_its_seed_not_the_processs_random_state(tiny_rm, tmp_path):
+    """The bt stage's head was drawn from the process's random state: in a sweep, a job that had trained the SFT
+    stage first got another reward model than one that found it cached (the proxy reference did not reproduce)."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    LlamaForCausalLM(LlamaConfig.from_pretrained(tiny_rm)).save_pretrained(tmp_path)  # a body without a head
+    AutoTokenizer.from_pretrained(tiny_rm).save_pretrained(tmp_path)
+    heads = []
+    for state in (1, 2):
+        torch.manual_seed(state)
+        heads.append(RewardModelJudge(str(tmp_path), new_head=True, seed=7).model.score.weight)
+        after = torch.rand(1)
+        torch.manual_seed(state)
+        assert torch.equal(after, torch.rand(1))  # the caller's random state is left as it was
+    assert torch.equal(*heads)
+    assert not torch.equal(heads[0], RewardModelJudge(str(tmp_path), new_head=True, seed=8).model.score.weight)
+
+
 def test_reward_model_with_wrong_labels_is_one_clear_error(tiny_rm, tmp_path):
     from transformers import AutoTokenizer
 

@@ -83,11 +83,14 @@ class GoldJudge:
 
 class RewardModelJudge:
     def __init__(self, path: str, batch_size: int = 32, trust_remote_code: bool = False, device: str | None = None,
-                 new_head: bool = False):
+                 new_head: bool = False, seed: int = 0):
+        """``new_head``: a causal LM's body plus a fresh scalar head, drawn from ``seed`` (not from whatever the
+        process's random state is: a sweep job that trained a stage first would otherwise get another head)."""
         self.device = device or default_device()
-        with friendly_hub_errors("reward model", path):
+        with friendly_hub_errors("reward model", path), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
             self.tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-            head = {"num_labels": 1} if new_head else {}  # a causal LM's body plus a fresh scalar head
+            head = {"num_labels": 1} if new_head else {}
             self.model = AutoModelForSequenceClassification.from_pretrained(
                 path, trust_remote_code=trust_remote_code, **head).to(self.device).eval()
         if self.model.config.num_labels != 1:
@@ -213,7 +216,7 @@ def bt_stage(cfg: DictConfig, group) -> Path:
             "train": OmegaConf.to_container(cfg.judge.train, resolve=True)}
 
     def build(tmp: Path) -> dict:
-        judge = RewardModelJudge(group.base, int(cfg.judge.batch_size), new_head=True)
+        judge = RewardModelJudge(group.base, int(cfg.judge.batch_size), new_head=True, seed=int(cfg.seed))
         train, hp = group.data.train, cfg.judge.train
         if group.data.kind == "unpaired":
             rows = [{"prompt": p, "completion": c, "label": y}
