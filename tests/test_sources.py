@@ -140,6 +140,19 @@ def test_lora_reference_is_the_base_model_with_adapters_disabled():
     assert sum(p.numel() for p in policy.parameters()) < 1.2 * sum(p.numel() for p in base.parameters())
 
 
+def test_lora_adapters_are_drawn_from_the_seed_not_the_processs_random_state():
+    def adapters(state, seed):
+        torch.manual_seed(0)
+        base = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                            num_attention_heads=2, num_key_value_heads=2))
+        torch.manual_seed(state)
+        policy = attach_lora(base, OmegaConf.create({"r": 4, "alpha": 8}), seed)
+        return [p.detach() for n, p in policy.named_parameters() if "lora_A" in n]
+
+    assert all(torch.equal(a, b) for a, b in zip(adapters(1, 3), adapters(2, 3)))
+    assert not torch.equal(adapters(1, 3)[0], adapters(1, 4)[0])
+
+
 @pytest.fixture(scope="module")
 def local_models(tmp_path_factory):
     """A tiny causal LM and a tiny reward model saved like hub checkpoints, with a BPE tokenizer."""

@@ -118,7 +118,7 @@ class Group:
 
         def build(tmp: Path) -> dict:
             model = load_model(self.base)
-            model = attach_lora(model, lora) if lora else model
+            model = attach_lora(model, lora, int(cfg.seed)) if lora else model
             view = build_view("sft", self.data.kind, self.data.train, int(cfg.seed))
             stats = train(model, build_method("sft"), view, train_spec(cfg, **spec["train"], checkpoint_every=0),
                           tmp, self.pad_id, desc=f"sft stage {self.name}")
@@ -213,4 +213,4 @@ def init_checkpoint(cfg: DictConfig, group: Group, method) -> tuple[str, str]:
 def build_policy(cfg: DictConfig, start):
     """The model a run trains: its init checkpoint, with LoRA adapters when ``model.lora`` is set."""
     model = load_model(start)
-    return attach_lora(model, cfg.model.lora) if cfg.model.get("lora") else model
+    return attach_lora(model, cfg.model.lora, int(cfg.seed)) if cfg.model.get("lora") else model

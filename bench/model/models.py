@@ -49,9 +49,10 @@ def from_scratch(cfg: DictConfig, tokenizer, seed: int):
     return AutoModelForCausalLM.from_config(config)
 
 
-def attach_lora(model, lora: DictConfig):
-    """Wrap ``model`` with fresh LoRA adapters (peft). The frozen weights under the adapters are the
-    reference: ``model.disable_adapter()`` gives it back without a second copy in memory."""
+def attach_lora(model, lora: DictConfig, seed: int = 0):
+    """Wrap ``model`` with fresh LoRA adapters (peft), drawn from ``seed`` (not from the process's random state,
+    which depends on what the process did before, e.g. whether it built a stage). The frozen weights under the
+    adapters are the reference: ``model.disable_adapter()`` gives it back without a second copy in memory."""
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError as exc:
@@ -60,7 +61,9 @@ def attach_lora(model, lora: DictConfig):
     config = LoraConfig(r=int(lora.get("r", 16)), lora_alpha=int(lora.get("alpha", 32)),
                         lora_dropout=float(lora.get("dropout", 0.0)), task_type="CAUSAL_LM",
                         target_modules=targets if isinstance(targets, str) else list(targets))
-    return get_peft_model(model, config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return get_peft_model(model, config)
 
 
 def load_pretrained(path: str, cfg: DictConfig, dtype: torch.dtype | None = None):
