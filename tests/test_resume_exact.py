@@ -83,3 +83,20 @@ def test_kill_during_the_sweep_report_then_rerun_skips_runs_and_rebuilds_it(tmp_
     page = (sweep / "report" / "index.html").read_text()
     assert "All runs" in page and "<img" in page
     assert (sweep / "runs.csv").exists()
+
+
+def test_a_stage_is_built_from_its_own_random_state(tmp_path):
+    """A stage must not depend on what the building process did before (the bt stage's head did): two builds
+    after different random histories draw the same numbers, and the caller's random state is left as it was."""
+    import torch
+
+    from bench.io.stages import build_stage
+
+    drawn, after = [], []
+    for state in (1, 2):
+        torch.manual_seed(state)
+        build_stage(tmp_path / f"cache{state}", "x", {"a": 1}, lambda tmp: drawn.append(torch.rand(3)))
+        after.append(torch.rand(1))
+        torch.manual_seed(state)
+        assert torch.equal(after[-1], torch.rand(1))
+    assert torch.equal(drawn[0], drawn[1])

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from filelock import FileLock
 
 from bench.io.faults import kill_point
@@ -35,7 +36,9 @@ def cached_json(cache_dir: str | Path, kind: str, name: str, key_parts: list, bu
 
 def build_stage(cache_dir: str | Path, kind: str, spec: dict, build: Callable[[Path], dict | None]) -> Path:
     """The folder of stage ``kind`` defined by ``spec``; ``build(tmp_dir)`` fills it on a miss and may
-    return statistics, kept in stage.json with the spec and the build time."""
+    return statistics, kept in stage.json with the spec and the build time. ``build`` runs from torch's random
+    state seeded by the stage's key, and the caller's state is restored after it: a stage is the same whichever
+    job of a sweep builds it, whatever that job did before (a cached stage, built elsewhere, must equal it)."""
     path = Path(cache_dir) / "stages" / stage_key(kind, spec)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
@@ -45,7 +48,9 @@ def build_stage(cache_dir: str | Path, kind: str, spec: dict, build: Callable[[P
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         t0, c0 = time.perf_counter(), time.process_time()
-        stats = build(tmp) or {}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(hashlib.sha256(path.name.encode()).hexdigest()[:15], 16))
+            stats = build(tmp) or {}
         kill_point(f"stage_build:{kind}")
         write_json(tmp / "stage.json", {"kind": kind, "spec": spec, "seconds": time.perf_counter() - t0,
                                           "cpu_seconds": time.process_time() - c0, **stats})
