@@ -1,7 +1,8 @@
 """Multi-process training is real or refused (bench.train.distributed): two gloo processes at batch B/2 give
 the losses, metrics, gradients and parameters of one process at batch B, for methods of sums, of per-token
 statistics (WPO, LD-DPO) and online ones (GRPO, RLOO, PPO with a reused rollout and its value head: judge
-scores, pi_old and values gathered), with the reference cache and metrics written once; launches that cannot be honoured stop with one line."""
+scores, pi_old and values gathered), with the reference cache and metrics written once; launches that cannot
+be honoured stop with one line."""
 import json
 import os
 import subprocess

@@ -126,7 +126,8 @@ def test_report_a_b_highlights_what_differs_between_two_sweeps(sweep, tmp_path):
                          text=True, timeout=120).stdout
     assert dom.count('<tr class="differs">') == 1 and dom.count('<tr class="identical">') == len(rows) - 1
     shot = tmp_path / "compare.png"
-    subprocess.run([*common, f"--screenshot={shot}", "--window-size=1400,1200", (other / "report" / "compare.html").as_uri()],
+    subprocess.run([*common, f"--screenshot={shot}", "--window-size=1400,1200",
+                    (other / "report" / "compare.html").as_uri()],
                    capture_output=True, timeout=120, check=True)
     import matplotlib.image
 

@@ -6,9 +6,9 @@ curve.jsonl at their optimizer steps (``train/...``, ``curve/...``), the summary
 (``eval/...``, ``cost/...``), the flattened config as hyper-parameters and the first ``SAMPLES_LOGGED``
 samples as a table. Logging the folder rather than the loop means a run resumed after a kill is logged
 once and whole. Runs are grouped per sweep so they compare side by side: TensorBoard under
-``<tracker_dir>/tensorboard/<sweep>/<run>``, an MLflow experiment named after the sweep (in
-MLflow's SQLite store ``<tracker_dir>/mlflow.db`` unless MLFLOW_TRACKING_URI says otherwise), a W&B group and a trackio group in the
-project ``tracker_project``. prefbench hands no key to any tracker: W&B reads its own login or environment
+``<tracker_dir>/tensorboard/<sweep>/<run>``, an MLflow experiment named after the sweep (in MLflow's
+SQLite store ``<tracker_dir>/mlflow.db`` unless MLFLOW_TRACKING_URI says otherwise), a W&B group and a trackio
+group in the project ``tracker_project``. prefbench hands no key to any tracker: W&B reads its own login or environment
 (WANDB_MODE=offline logs without network; ``wandb sync`` uploads later). A tracker that fails is reported in
 one line and in the summary's ``tracker_errors``; the run keeps its status.
 """

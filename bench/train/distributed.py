@@ -15,15 +15,15 @@ Refused with one line:
     multi-process aware; ``refuse_multiprocess`` is their start-up check.
 
 Exactness: the trainer gathers every statistic of every process (``gather_batch``: sums, per-token statistics
-padded to the widest, online methods' judge scores, pi_old and values), so each process computes the loss of
-the GLOBAL batch: KTO's KL estimate z is the mean over all processes'
-mismatched pairs (as HALOs, ``accelerator.gather(KL_rewards.detach()).mean()``, and TRL's KTOTrainer,
-``accelerator.gather_for_metrics(kl).mean()``, do), SFT's and ORPO's token-mean NLL divide by the global
-token count (what transformers does with ``num_items_in_batch``), PPO's whitening spans every process's
-samples (each process samples its own prompts; a prompt's group of samples stays whole, as GRPO's and RLOO's
-baselines need), and the logged loss and metrics are those of the whole batch. The gather's backward sums the gradient of every process's (identical) loss
-with respect to this process's rows; DDP's average of the parameter gradients then equals the gradient
-of the global-batch loss for every method.
+padded to the widest, online methods' judge scores, pi_old and values), so each process computes the loss of the
+GLOBAL batch: KTO's KL estimate z is the mean over all processes' mismatched pairs (as HALOs,
+``accelerator.gather(KL_rewards.detach()).mean()``, and TRL's KTOTrainer,
+``accelerator.gather_for_metrics(kl).mean()``, do), SFT's and ORPO's token-mean NLL divide by the global token
+count (what transformers does with ``num_items_in_batch``), PPO's whitening spans every process's samples (each
+process samples its own prompts; a prompt's group of samples stays whole, as GRPO's and RLOO's baselines need), and
+the logged loss and metrics are those of the whole batch. The gather's backward sums the gradient of every
+process's (identical) loss with respect to this process's rows; DDP's average of the parameter gradients then
+equals the gradient of the global-batch loss for every method.
 """
 from __future__ import annotations
 
