@@ -27,7 +27,7 @@ def prefbench(*args, cwd=None, check=True, timeout=600, env=None):
 
     The process is forked from a server that has imported prefbench's modules once (torch, transformers and
     accelerate take ~10 s of CPU to import, and the suite runs ~70 commands), and runs the console script's
-    own function, ``bench.cli.main``, with this process's environment, in ``cwd``, with its output in files.
+    own function, ``prefbench.cli.main``, with this process's environment, in ``cwd``, with its output in files.
     An ``env`` beyond the fault hook (a plugin's PYTHONPATH, a tracker's variables, both read when a package
     is imported) runs the installed console script itself in a new interpreter."""
     argv, extra = [str(a) for a in args], {k: v for k, v in (env or {}).items() if k != "PREFBENCH_KILL_AT"}
@@ -42,7 +42,7 @@ def prefbench(*args, cwd=None, check=True, timeout=600, env=None):
     return proc
 
 
-_PRELOAD = ["bench.cli", "bench.job.run", "bench.job.sweep", "bench.report.build"]
+_PRELOAD = ["prefbench.cli", "prefbench.job.run", "prefbench.job.sweep", "prefbench.report.build"]
 
 
 def _main_in_child(argv: list[str], cwd: str, env: dict, out: str, err: str) -> None:
@@ -53,7 +53,7 @@ def _main_in_child(argv: list[str], cwd: str, env: dict, out: str, err: str) -> 
     for fd, path in ((1, out), (2, err)):
         os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
     sys.argv = [str(Path(sys.executable).parent / "prefbench"), *argv]
-    from bench.cli import main
+    from prefbench.cli import main
 
     try:
         code = main(argv)
@@ -94,6 +94,61 @@ def install_package(tmp_path: Path, package: str, source: str, entry_points: str
     (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package}\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text(entry_points)
     return {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+
+
+FAULTS = '''
+from dataclasses import dataclass
+
+import torch
+
+from prefbench.methods import LossOutput, Method
+
+
+class _NanGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.full_like(grad, float("nan"))
+
+
+@dataclass
+class NanLoss(Method):
+    """Training meets a non-finite loss at its first step."""
+    name = "nan_loss"
+    view = "paired"
+    needs_reference = False
+    init = "sft"
+
+    def loss(self, policy, reference):
+        return LossOutput((policy.chosen.mean * float("nan")).mean())
+
+
+@dataclass
+class NanGradient(Method):
+    """A finite loss (the SFT loss) whose gradient is NaN."""
+    name = "nan_grad"
+    view = "paired"
+    needs_reference = False
+    init = "sft"
+
+    def loss(self, policy, reference):
+        return LossOutput(-_NanGradient.apply(policy.chosen.mean).mean())
+'''
+
+
+def install_faults(tmp_path: Path) -> tuple[dict, str]:
+    """Methods that fail on purpose (``nan_loss``, ``nan_grad``) as an installed plugin, with their yamls;
+    returns its env and the ``hydra.searchpath`` override that finds the yamls."""
+    env = install_package(tmp_path, "faults", FAULTS, "[prefbench.methods]\nnan_loss = faults:NanLoss\n"
+                                                       "nan_grad = faults:NanGradient\n")
+    conf = tmp_path / "faults_conf" / "method"
+    conf.mkdir(parents=True)
+    for name in ("nan_loss", "nan_grad"):
+        (conf / f"{name}.yaml").write_text(f"name: {name}\n")
+    return env, f"hydra.searchpath=[file://{conf.parent}]"
 
 
 def run_dir(parent: Path, prefix: str) -> Path:

@@ -1,4 +1,4 @@
-"""Trains every method a few steps on a tiny float64 Llama through bench.train.trainer.train with a global
+"""Trains every method a few steps on a tiny float64 Llama through prefbench.train.trainer.train with a global
 batch of B sequences: run by tests/test_distributed.py as one process, and under torchrun as two
 processes of B/2 each. Writes, per method, metrics.jsonl (the trainer's), the gradients of the first
 optimizer step and the final parameters (rank 0), and what each rank saw (rank<r>.json). Online methods train
@@ -19,12 +19,12 @@ from datasets import Dataset
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from bench.data.views import View, build_view
-from bench.model.logprobs import score_view
-from bench.io.errors import UserError
-from bench.train.refcache import ReferenceLogps, cached
-from bench.train.trainer import TrainSpec, train
-from methods import build_method
+from prefbench.data.views import View, build_view
+from prefbench.model.logprobs import score_view
+from prefbench.io.errors import UserError
+from prefbench.train.refcache import ReferenceLogps, cached
+from prefbench.train.trainer import Sources, TrainSpec, train
+from prefbench.methods import build_method
 
 B, STEPS = 8, 3
 
@@ -90,7 +90,7 @@ def main(out: Path, names: list[str]) -> None:
                          max_grad_norm=0.0, log_every=1, progress=False)
         grads.clear()
         rollout = Replay(method, view) if method.needs_samples else None
-        stats = train(policy, method, view, spec, run, pad_id=0, reference=reference, rollout=rollout)
+        stats = train(policy, method, view, spec, run, pad_id=0, sources=Sources(reference, rollout=rollout))
         seen["train_tokens"] = stats["train_tokens"]
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
         (run / f"rank{rank}.json").write_text(json.dumps(seen))

@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from bench.cli import compose_config
-from bench.io.errors import UserError
-from bench.job.config import validate
-from bench.job.pipeline import flop_matched_steps, offline_flops, planned_steps, prepare
-from bench.model.compute import training_cost
+from prefbench.job.config import compose_config
+from prefbench.io.errors import UserError
+from prefbench.job.config import validate
+from prefbench.job.pipeline import flop_matched_steps, offline_flops, planned_steps, prepare
+from prefbench.model.compute import training_cost
 from tests.conftest import SMOKE, prefbench
 
 
@@ -59,7 +59,7 @@ def test_one_base_model_for_every_seed(tmp_path):
 
 def test_strength_is_the_pull_towards_the_anchor_for_every_method():
     """A larger strength regularises more: DPO/IPO/KTO's beta grows, ORPO's lambda (its preference weight) shrinks."""
-    from bench.job.config import method_from_config
+    from prefbench.job.config import method_from_config
 
     def ratio(method, key):
         one, two = (getattr(method_from_config(cfg.method, cfg.strength), key) for cfg in
@@ -76,8 +76,8 @@ def test_matched_flops_gives_online_runs_the_offline_runs_flops():
     per rollout a step costs 6N + 4N / 4: floor(120 * 6 * 13 / (4 * 7 * 8)) = 41."""
     from datasets import Dataset
 
-    from bench.data.prepare import TokenizedData
-    from methods import build_method
+    from prefbench.data.prepare import TokenizedData
+    from prefbench.methods import build_method
 
     train = Dataset.from_dict({"prompt_ids": [[1, 2, 3]] * 10, "chosen_ids": [[4, 5, 6, 7, 8]] * 10,
                                "rejected_ids": [[9, 10]] * 10})

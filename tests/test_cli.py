@@ -7,8 +7,8 @@ import textwrap
 import pytest
 from omegaconf import OmegaConf
 
-from bench.data.views import View
-from bench.train import refcache
+from prefbench.data.views import View
+from prefbench.train import refcache
 from tests.conftest import SMOKE, install_package, prefbench, run_dir
 
 UNIFORM = {"loss", "logps/chosen", "logps/chosen_per_token", "nll/chosen", "probe/logps_chosen",
@@ -114,7 +114,7 @@ from dataclasses import dataclass
 
 import torch
 
-from methods import LossOutput, Method, scaled_by_strength
+from prefbench.methods import LossOutput, Method, scaled_by_strength
 
 
 @dataclass
@@ -150,15 +150,16 @@ def test_external_plugin_is_discovered_by_entry_point_and_trains(tmp_path, share
     summary = json.loads((run_dir(tmp_path / "runs", "reviews-tiny-xs-hinge-s0") / "summary.json").read_text())
     assert summary["status"] == "done" and summary["method"] == "hinge" and summary["init"] == "sft"
     assert summary["method/beta"] == 0.5  # the effective value, after strength
+    assert summary["cost/mixed_precision"] == "no"  # trainer.mixed_precision=auto: fp32 on a CPU
 
 
 def test_strength_scales_what_a_plugin_marks_and_refuses_a_plugin_that_marks_nothing(monkeypatch):
     """The README's hinge example under sweep=beta: five strengths give five betas; a method that marks no field
     refuses strength != 1 instead of running five identical jobs."""
-    import methods
-    from bench.cli import compose_config
-    from bench.io.errors import UserError
-    from bench.job.config import method_from_config
+    from prefbench import methods
+    from prefbench.job.config import compose_config
+    from prefbench.io.errors import UserError
+    from prefbench.job.config import method_from_config
 
     namespace = {}
     exec(textwrap.dedent(PLUGIN), namespace)

@@ -1,14 +1,15 @@
-"""Every registered method passes the conformance checks (bench/conformance.py, `prefbench conform`), and the
+"""Every registered method passes the conformance checks (prefbench/conformance.py, `prefbench conform`), and the
 checks do fail on methods that break them."""
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-import methods
-from bench.conformance import check_direction, check_loss, check_strength, conform
-from methods import LossOutput, Method, scaled_by_strength
+from prefbench import methods
+from prefbench.conformance import check_direction, check_loss, check_strength, conform
+from prefbench.methods import LossOutput, Method, scaled_by_strength
 
 KNOWN = {  # (method, check) -> why the method fails it by design
     ("discopop", "direction"): "DiscoPOP's loss (tau = 0.05) is non-convex in the scaled margin z: it has a local "
@@ -98,18 +99,18 @@ def test_the_checks_fail_on_broken_methods(registered):
 
 
 
-def test_every_builtin_method_has_its_yaml_and_a_readme_row():
+def test_every_builtin_method_has_its_yaml_and_a_docs_row():
     """conf/method/<name>.yaml holds exactly the method's fields (its defaults, unless the tuning table feeds
-    them), and the README's method table lists it."""
+    them), and the docs' method table lists it."""
     import dataclasses
 
     from omegaconf import OmegaConf
 
-    from bench import CONF_DIR
-    readme = (CONF_DIR.parent / "README.md").read_text()
-    for name, cls in methods.registry().items():
-        if not cls.__module__.startswith("methods."):
-            continue
+    from prefbench import CONF_DIR
+    table = (Path(__file__).resolve().parents[1] / "docs" / "methods.md").read_text()
+    builtin = {name: cls for name, cls in methods.registry().items() if cls.__module__.startswith("prefbench.methods.")}
+    assert len(builtin) >= 34
+    for name, cls in builtin.items():
         yaml = OmegaConf.load(CONF_DIR / "method" / f"{name}.yaml")
         assert yaml.name == name
         fields = {f.name: f.default for f in dataclasses.fields(cls)}
@@ -118,4 +119,4 @@ def test_every_builtin_method_has_its_yaml_and_a_readme_row():
             raw = OmegaConf.to_container(yaml)[key]
             if not (isinstance(raw, str) and raw.startswith("${tuned:")):
                 assert raw == default, f"{name}.{key}: yaml {raw} vs default {default}"
-        assert f"| `{name}`" in readme, f"README's method table lacks {name}"
+        assert f"| `{name}`" in table, f"docs/methods.md lacks {name}"

@@ -1,14 +1,13 @@
-"""The sweep console (bench/job/progress.py): one overall line read from the sweep folder, plain lines in a log."""
+"""The sweep console (prefbench/job/progress.py): one overall line read from the sweep folder, plain lines in a log."""
 import io
 import json
-import time
 
 from omegaconf import OmegaConf
 
-from bench.cli import compose_config
-from bench.job import progress
-from bench.job.progress import SweepProgress
-from bench.job.sweep import Job
+from prefbench.job.config import compose_config
+from prefbench.job import progress
+from prefbench.job.progress import SweepProgress
+from prefbench.job.sweep import Job
 
 
 def _job(sweep, name, status=None, step=None, overrides=("method=dpo", "trainer.steps=10")):
@@ -42,10 +41,12 @@ def test_off_a_terminal_the_line_is_printed_plainly_when_it_changes(tmp_path, mo
     monkeypatch.setattr(progress, "FILE_EVERY", 0.0)
     jobs = [_job(tmp_path, "a--1", "running", step=2), _job(tmp_path, "b--2")]
     stream = io.StringIO()
-    with SweepProgress(tmp_path, jobs, stream=stream):
-        time.sleep(1.3)
-        (tmp_path / "a--1" / "summary.json").write_text(json.dumps({"status": "done"}))
-        time.sleep(1.3)
+    shown = SweepProgress(tmp_path, jobs, stream=stream)
+    shown.line()  # as on entering: what ended before does not count towards the ETA
+    shown.tick()
+    shown.tick()
+    (tmp_path / "a--1" / "summary.json").write_text(json.dumps({"status": "done"}))
+    shown.tick()
     lines = stream.getvalue().splitlines()
     assert lines[0] == "[prefbench] jobs 0/2 ended | running: a 2/10"
     assert lines[-1].startswith("[prefbench] jobs 1/2 ended, ETA ") and len(lines) == 2  # printed once per change

@@ -1,4 +1,4 @@
-"""Evaluation along training and best-of-n (bench/eval/curve.py, issue 13): every run is a curve, the curve changes
+"""Evaluation along training and best-of-n (prefbench/eval/curve.py, issue 13): every run is a curve, the curve changes
 no trained weight, and the best-of-n baseline has the analytic KL and the order-statistic score."""
 import json
 import math
@@ -7,10 +7,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bench.cli import compose_config
-from bench.eval.frontier import bon_kl
-from bench.io.errors import UserError
-from bench.job.config import validate
+from prefbench.job.config import compose_config
+from prefbench.eval.frontier import bon_kl
+from prefbench.io.errors import UserError
+from prefbench.job.config import validate
 from tests.conftest import SMOKE, prefbench, run_dir
 
 ARGS = ["run", "method=dpo", *(a for a in SMOKE if not a.startswith("trainer.steps=")), "trainer.steps=8",
@@ -83,8 +83,8 @@ def test_curve_settings_are_validated():
 def test_a_proxy_judge_on_a_builtin_task_also_records_the_gold_score(tmp_path, shared_cache):
     """judge=bt (a reward model trained in the suite): every sample, curve point and best-of-n row carries the
     gold score beside the proxy's, and best-of-n picks by the proxy (Gao et al. 2022, Fig. 1)."""
-    from bench.report.build import build_report, load_runs
-    from bench.report.frontier_tables import gold_peaks, load_curves
+    from prefbench.report.build import build_report, load_runs
+    from prefbench.report.frontier_tables import gold_peaks, load_curves
 
     prefbench("sweep", "method=dpo", "judge=bt", "judge.train.steps=20", "hydra.launcher.n_jobs=1",
               f"results_dir={tmp_path}", "sweep_name=proxy", f"cache_dir={shared_cache}", *ARGS[2:])

@@ -4,12 +4,13 @@ from collections import Counter
 import pytest
 from omegaconf import OmegaConf
 
-from bench.data.prepare import clean_rows, tokenize
-from bench.data.tasks import get_task, task_names
-from bench.data.tokenizer import train_bpe
-from bench.data.views import build_view, pad_batch
-from bench.io.errors import UserError
-from methods.views import derangement
+from prefbench.data.clean import clean_rows
+from prefbench.data.prepare import tokenize
+from prefbench.data.tasks import get_task, task_names
+from prefbench.data.tokenizer import train_bpe
+from prefbench.data.views import build_view, pad_batch
+from prefbench.io.errors import UserError
+from prefbench.methods.views import derangement
 
 CFG = OmegaConf.create({"eval_size": 2, "max_length": 40, "max_prompt_length": 16})
 
@@ -133,7 +134,7 @@ def test_kto_mismatched_partner_comes_from_another_prompt(seed):
 
 
 def test_partners_share_a_prompt_only_when_one_prompt_holds_most_examples():
-    from methods.views import partners
+    from prefbench.methods.views import partners
     prompts = [[1]] * 3 + [[2]] * 3 + [[3]] * 2
     p = partners(prompts, 0)
     assert sorted(p) == list(range(8)) and all(prompts[i] != prompts[j] for i, j in enumerate(p))

@@ -10,9 +10,9 @@ import torch
 from omegaconf import OmegaConf
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
-from bench.data.sources import load_rows
-from bench.data.tokenizer import train_bpe
-from bench.job import pipeline
+from prefbench.data.sources import load_rows
+from prefbench.data.tokenizer import train_bpe
+from prefbench.job import pipeline
 from tests.conftest import prefbench
 from tests.test_data_robustness import FILE_SMOKE, good
 
@@ -65,8 +65,8 @@ def test_implicit_text_prompt_follows_trl(tmp_path, chosen, rejected):
 
 
 def test_implicit_text_prompt_kept_through_cleaning():
-    from bench.data.prepare import clean_rows
-    from bench.data.sources import convert
+    from prefbench.data.clean import clean_rows
+    from prefbench.data.sources import convert
 
     rows = [{"chosen": "The sky is blue.", "rejected": "The sky is green."}]
     counts = Counter()
@@ -77,7 +77,7 @@ def test_implicit_text_prompt_kept_through_cleaning():
 
 
 def test_unpaired_conversations_with_integer_labels_are_read(tmp_path):
-    from bench.data.prepare import clean_rows
+    from prefbench.data.clean import clean_rows
 
     msgs = lambda i, a: [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": a}]  # noqa: E731
     rows = [{"messages": msgs(i, "good" if i % 2 else "bad"), "label": i % 2} for i in range(10)]
@@ -97,7 +97,7 @@ def test_unpaired_conversations_with_integer_labels_are_read(tmp_path):
 
 
 def test_held_out_rows_never_reach_the_tokenizer_or_base_corpus(tmp_path, monkeypatch):
-    from bench.cli import compose_config
+    from prefbench.job.config import compose_config
 
     path = write_jsonl(tmp_path / "pairs.jsonl", [good(i) for i in range(50)])
     seen = {}
@@ -130,7 +130,7 @@ def test_held_out_rows_never_reach_the_tokenizer_or_base_corpus(tmp_path, monkey
 
 
 def test_unpaired_data_is_judged_by_a_reward_model_trained_with_bce(tmp_path):
-    from bench.eval.judges import RewardModelJudge, train_binary
+    from prefbench.eval.judges import RewardModelJudge, train_binary
 
     tok = train_bpe(["q good bad answer"] * 10, 280)
     torch.manual_seed(0)
@@ -167,3 +167,35 @@ def test_a_paired_method_on_unpaired_data_is_refused_before_any_stage(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stdout + proc.stderr
     assert f"method=dpo needs paired rows (prompt/chosen/rejected); {path} is unpaired" in proc.stderr, proc.stderr
     assert not (tmp_path / "cache" / "stages").exists()
+
+
+HH_ROWS = [{"chosen": f"\n\nHuman: question {i}?\n\nAssistant: a good answer {i}.",
+            "rejected": f"\n\nHuman: question {i}?\n\nAssistant: a poor one {i}."} for i in range(30)]
+SHAREGPT_ROWS = [{"conversations": [{"from": "human", "value": f"question {i}?"}],
+                  "chosen": {"from": "gpt", "value": f"a good answer {i}."},
+                  "rejected": {"from": "gpt", "value": f"a poor one {i}."}} for i in range(30)]
+
+
+@pytest.mark.parametrize("rows,fmt,hint", [
+    (HH_ROWS, "sharegpt", "task.format=trl or task.format=hh_rlhf"),
+    (SHAREGPT_ROWS, "trl", "task.format=sharegpt"),
+])
+def test_a_file_read_with_the_wrong_format_names_the_format_that_reads_it(tmp_path, rows, fmt, hint):
+    from prefbench.data.prepare import load_clean
+    from prefbench.io.errors import UserError
+
+    cfg = task(write_jsonl(tmp_path / "rows.jsonl", rows), format=fmt, eval_size=4)
+    with pytest.raises(UserError) as err:
+        load_clean(cfg, seed=0)
+    message = str(err.value)
+    assert "\n" not in message and "missing_field: 30" in message and f"task.format={fmt}" in message
+    assert message.endswith(f"these rows read as {hint}")
+
+
+def test_a_file_no_format_reads_gets_no_format_hint(tmp_path):
+    from prefbench.data.prepare import load_clean
+    from prefbench.io.errors import UserError
+
+    cfg = task(write_jsonl(tmp_path / "rows.jsonl", [{"question": f"q{i}"} for i in range(5)]), eval_size=1)
+    with pytest.raises(UserError, match=r"no valid rows \(missing_field: 5\)$"):
+        load_clean(cfg, seed=0)

@@ -8,11 +8,10 @@ from collections import Counter
 import pytest
 from omegaconf import OmegaConf
 
-from bench import CONF_DIR
-from bench.data.sources import corpus_rows, load_rows
-from bench.data.tokenizer import train_bpe
-from bench.io.errors import UserError
-from tests.conftest import prefbench
+from prefbench.data.sources import corpus_rows, load_rows
+from prefbench.data.tokenizer import train_bpe
+from prefbench.io.errors import UserError
+from tests.conftest import REPO, prefbench
 
 # A `task=file` job at the SMOKE scale (tests/conftest.py), judged by the suite's own reward model.
 FILE_SMOKE = ["model=tiny-xs", "task.eval_size=8", "task.max_length=64", "task.max_prompt_length=32",
@@ -137,16 +136,21 @@ def test_gold_judge_on_a_dataset_is_refused_before_any_stage(tmp_path):
     assert time.perf_counter() - t0 < 60
 
 
-def test_hh_rlhf_local_default_path_is_relative_to_the_project_root(tmp_path, monkeypatch):
-    from bench.cli import compose_config
+def test_hh_rlhf_local_reads_the_environment_variable_else_a_path_from_the_current_directory(tmp_path, monkeypatch):
+    from prefbench.job.config import compose_config
 
-    hh = CONF_DIR.parent.parent / "shared" / "data" / "hh-rlhf-harmless-base" / "test.jsonl.gz"
+    hh = REPO.parent / "shared" / "data" / "hh-rlhf-harmless-base" / "test.jsonl.gz"
     if not hh.exists():
         pytest.skip(f"the HH-RLHF sample is not at {hh}")
     monkeypatch.delenv("PREFBENCH_HH_PATH", raising=False)
-    monkeypatch.chdir(tmp_path)  # anywhere but the project root
-    cfg = compose_config(["task=hh_rlhf_local"])
-    rows, _, counts = load_rows(cfg.task)
+    monkeypatch.chdir(REPO)  # a clone, run from its root: ../shared/data
+    rows, _, counts = load_rows(compose_config(["task=hh_rlhf_local"]).task)
+    assert len(rows) + sum(counts.values()) == 2312
+    monkeypatch.chdir(tmp_path)  # anywhere else: the environment variable, or a clear error
+    with pytest.raises(UserError, match=r"no such file \(relative paths are taken from the current directory"):
+        load_rows(compose_config(["task=hh_rlhf_local"]).task)
+    monkeypatch.setenv("PREFBENCH_HH_PATH", str(hh))
+    rows, _, counts = load_rows(compose_config(["task=hh_rlhf_local"]).task)
     assert len(rows) + sum(counts.values()) == 2312
 
 

@@ -1,4 +1,4 @@
-"""Multi-process training is real or refused (bench.train.distributed): two gloo processes at batch B/2 give
+"""Multi-process training is real or refused (prefbench.train.distributed): two gloo processes at batch B/2 give
 the losses, metrics, gradients and parameters of one process at batch B, for methods of sums, of per-token
 statistics (WPO, LD-DPO) and online ones (GRPO, RLOO, PPO with a reused rollout and its value head: judge
 scores, pi_old and values gathered), with the reference cache and metrics written once; launches that cannot
@@ -83,8 +83,8 @@ def test_accelerate_cpu_launch_of_two_processes_stops_with_one_line(tmp_path):
 @pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
 def test_prefbench_run_under_two_processes_stops_with_one_line(launcher, tmp_path):
     """A whole job (stages, caches, evaluation) is not multi-process: `prefbench run` refuses, rank 0 says
-    why once, and no run folder is started. Needs bench.train.distributed.refuse_multiprocess in bench.cli.main."""
-    args = ["-m", "bench.cli", "run", f"results_dir={tmp_path}", *SMOKE]
+    why once, and no run folder is started. Needs prefbench.train.distributed.refuse_multiprocess in prefbench.cli.main."""
+    args = ["-m", "prefbench.cli", "run", f"results_dir={tmp_path}", *SMOKE]
     if launcher == "torchrun":
         proc = torchrun(*args)
     else:
@@ -98,8 +98,8 @@ def test_prefbench_run_under_two_processes_stops_with_one_line(launcher, tmp_pat
 def test_only_rank_0_fails_a_refused_launch(monkeypatch, capsys):
     """torchrun stops every worker once one fails: a failing rank 1 could kill rank 0 before it printed why
     (CI saw no line). Rank 1 leaves with status 0 and says nothing; rank 0 raises the one line."""
-    from bench.io.errors import UserError
-    from bench.train.distributed import refuse_multiprocess
+    from prefbench.io.errors import UserError
+    from prefbench.train.distributed import refuse_multiprocess
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from bench.eval import metrics as em
+from prefbench.eval import metrics as em
 
 
 def test_win_rate_counts_ties_as_half():
@@ -49,7 +49,7 @@ def test_kl_estimate_sign_on_a_known_pair_of_distributions():
 
 
 def test_embedder_loads_offline_and_embeds_meaningfully():
-    from bench.eval.embedder import embed
+    from prefbench.eval.embedder import embed
 
     e = embed(["the movie was great.", "the film was wonderful.", "sort the digits 3 1 2"])
     assert e.shape == (3, 384)

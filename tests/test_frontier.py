@@ -1,11 +1,11 @@
-"""bench.eval.frontier against hand-computed numbers, brute-force enumeration, and the published best-of-n KL."""
+"""prefbench.eval.frontier against hand-computed numbers, brute-force enumeration, and the published best-of-n KL."""
 import itertools
 import math
 
 import numpy as np
 import pytest
 
-from bench.eval.frontier import (
+from prefbench.eval.frontier import (
     bon_curve,
     bon_kl,
     bon_score,

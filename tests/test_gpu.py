@@ -7,9 +7,9 @@ import pytest
 import torch
 import transformers
 
-from bench.data.views import pad_batch
-from bench.model.logprobs import sequence_logps
-from bench.model.packing import packed_attention
+from prefbench.data.views import pad_batch
+from prefbench.model.logprobs import sequence_logps
+from prefbench.model.packing import packed_attention
 from tests.conftest import SMOKE, prefbench
 from tests.test_packing import FAMILIES, VIEW
 
@@ -43,6 +43,7 @@ def test_a_job_trains_in_bf16_on_the_gpu_and_counts_cuda_memory(tmp_path):
     summary = json.loads(summary_path.read_text())
     assert summary["status"] == "done", proc.stderr[-2000:]
     assert summary["cost/peak_memory_how"] == "cuda_max_allocated" and summary["cost/peak_memory_mb"] > 0
+    assert summary["cost/mixed_precision"] == "bf16"
     rows = [json.loads(line) for line in (summary_path.parent / "metrics.jsonl").read_text().splitlines()]
     assert all(r["loss"] == r["loss"] for r in rows if "loss" in r)
 
@@ -53,7 +54,7 @@ def test_perf_on_cuda_reports_mfu_and_the_driver(tmp_path):
     saved = json.loads(next(tmp_path.glob("perf-*.json")).read_text())
     env = saved["environment"]
     assert env["cuda"] and env["driver"] and env["bf16"] and env["device"] in out
-    if env["peak_tflops"]:  # a GPU in bench.perf.measure.PEAK_BF16_TFLOPS
+    if env["peak_tflops"]:  # a GPU in prefbench.perf.measure.PEAK_BF16_TFLOPS
         assert "MFU (6 N tokens/s" in out
         for row in saved["table"]:
             assert 0 < row["prefbench_mfu"] < 1 and 0 < row["trl_mfu"] < 1

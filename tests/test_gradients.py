@@ -4,11 +4,11 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from bench.data.views import View
-from bench.model.logprobs import score_view
-from bench.train.refcache import ReferenceLogps
-from bench.train.trainer import TrainSpec, train
-from methods import build_method
+from prefbench.data.views import View
+from prefbench.model.logprobs import score_view
+from prefbench.train.refcache import ReferenceLogps
+from prefbench.train.trainer import Sources, TrainSpec, train
+from prefbench.methods import build_method
 
 TOY = View("paired", [{"chosen": ([1, 2, 3], [4, 5, 6]), "rejected": ([1, 2, 3], [7, 8, 9])},
                       {"chosen": ([1, 3, 2], [4, 6, 5]), "rejected": ([1, 3, 2], [8, 7, 9])}])
@@ -23,7 +23,7 @@ def test_one_step_separates_chosen_from_rejected(name, tmp_path):
     method = build_method(name)
     ref = ReferenceLogps(before) if method.needs_reference else None
     spec = TrainSpec(steps=1, batch_size=2, lr=1e-2, warmup_ratio=0.0, scheduler="constant", progress=False)
-    train(model, method, TOY, spec, tmp_path, pad_id=0, reference=ref)
+    train(model, method, TOY, spec, tmp_path, pad_id=0, sources=Sources(ref))
     after = score_view(model, TOY, 0, 8, "cpu")
     assert (after["chosen.sum"] > before["chosen.sum"]).all()
     assert (after["rejected.sum"] < before["rejected.sum"]).all()

@@ -6,8 +6,8 @@ import sys
 import pytest
 import torch
 
-from bench.cli import compose_config
-from bench.job.run import run_job
+from prefbench.job.config import compose_config
+from prefbench.job.run import run_job
 from tests.conftest import SMOKE
 
 

@@ -10,12 +10,12 @@ import torch
 from omegaconf import OmegaConf
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
-from bench.cli import compose_config
-from bench.data.tasks import get_task
-from bench.data.tokenizer import train_bpe
-from bench.eval.judges import LLMJudge, RewardModelJudge, bt_stage
-from bench.io.errors import UserError
-from bench.job.pipeline import prepare
+from prefbench.job.config import compose_config
+from prefbench.data.tasks import get_task
+from prefbench.data.tokenizer import train_bpe
+from prefbench.eval.judges import LLMJudge, RewardModelJudge, bt_stage
+from prefbench.io.errors import UserError
+from prefbench.job.pipeline import prepare
 from tests.conftest import SMOKE
 
 
@@ -245,7 +245,7 @@ def test_the_prompt_templates_are_configurable_and_checked(pairwise_server, monk
 
 
 def test_the_pairwise_win_rate_against_the_anchor_pairs_sample_j_with_sample_j(pairwise_server, monkeypatch):
-    from bench.eval.evaluate import _pairwise_vs_anchor
+    from prefbench.eval.evaluate import _pairwise_vs_anchor
 
     monkeypatch.setenv("PREFBENCH_TEST_KEY", "sk-test")
     judge = LLMJudge(llm_cfg(pairwise_server, timeout_s=5))
@@ -256,7 +256,7 @@ def test_the_pairwise_win_rate_against_the_anchor_pairs_sample_j_with_sample_j(p
 
 
 def test_pairwise_mode_needs_a_judge_that_compares():
-    from bench.job.config import validate
+    from prefbench.job.config import validate
 
     with pytest.raises(UserError, match="judge.mode=pairwise needs a judge that compares"):
         validate(compose_config(["+judge.mode=pairwise"]))  # the default judge, gold, scores one reply

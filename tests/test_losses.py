@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from methods import BatchLogps, SeqLogps, build_method
+from prefbench.methods import BatchLogps, SeqLogps, build_method
 
 
 def seqs(sums, ns):
@@ -81,3 +81,26 @@ def test_kto_batch_with_one_kind_of_example():
     reference = BatchLogps(chosen=seqs([-11.0, -9.0], [5, 5]), mismatched=seqs([-31.0], [1]))
     expected = ((1 - sig(0.1 * (1.0 - 1.0))) + (1 - sig(0.1 * (0.0 - 1.0)))) / 2
     assert float(build_method("kto").loss(policy, reference).loss) == pytest.approx(expected, abs=1e-12)
+
+
+def _empty():
+    return seqs([], [])
+
+
+@pytest.mark.parametrize("absent", ["chosen", "rejected"])
+@pytest.mark.parametrize("form", ["missing", "zero_length"])
+def test_kto_batch_with_either_kind_of_example_only(absent, form):
+    """Desirable-only and undesirable-only batches, the role left out of the batch (None) or present with
+    zero sequences (as the trainer's ``forward`` fills it): the loss is the mean over the examples present."""
+    present = "rejected" if absent == "chosen" else "chosen"
+    policy = {present: seqs([-10.0, -9.0], [5, 5]), "mismatched": seqs([-30.0], [1])}
+    reference = {present: seqs([-11.0, -9.0], [5, 5]), "mismatched": seqs([-31.0], [1])}
+    if form == "zero_length":
+        policy[absent], reference[absent] = _empty(), _empty()
+    z, r = 1.0, [1.0, 0.0]
+    weight, sign = (0.5, -1) if present == "rejected" else (2.0, 1)
+    expected = sum(weight * (1 - sig(0.1 * sign * (x - z))) for x in r) / 2
+    out = build_method("kto", desirable_weight=2.0, undesirable_weight=0.5).loss(BatchLogps(**policy),
+                                                                                  BatchLogps(**reference))
+    assert float(out.loss) == pytest.approx(expected, abs=1e-12)
+    assert float(out.metrics["kto/kl"]) == pytest.approx(z)

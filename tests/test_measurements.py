@@ -9,16 +9,16 @@ import pytest
 import torch
 import transformers
 
-from bench.cli import compose_config
-from bench.data.views import View, build_view, pad_batch
-from bench.eval import metrics as em
-from bench.eval.evaluate import evaluate, generate
-from bench.eval.judges import make_judging
-from bench.eval.spec import EvalSpec, SamplingSpec
-from bench.job.pipeline import logprob_probe, prepare
-from bench.model.logprobs import score_view, sequence_logps
-from bench.model.models import load_model
-from bench.model.packing import packed_attention
+from prefbench.job.config import compose_config
+from prefbench.data.views import View, build_view, pad_batch
+from prefbench.eval import metrics as em
+from prefbench.eval.evaluate import evaluate, generate
+from prefbench.eval.judges import make_judging
+from prefbench.eval.spec import EvalSpec, SamplingSpec
+from prefbench.job.pipeline import logprob_probe, prepare
+from prefbench.model.logprobs import score_view, sequence_logps
+from prefbench.model.models import load_model
+from prefbench.model.packing import packed_attention
 from tests.conftest import SMOKE, prefbench, run_dir
 
 
@@ -117,7 +117,7 @@ def test_every_eval_setting_reaches_the_spec():
     """EvalSpec reads each key of conf/eval/default.yaml: a new key must reach the spec (or this fails)."""
     from omegaconf import OmegaConf
 
-    from bench import CONF_DIR
+    from prefbench import CONF_DIR
     changed = {"split": "val", "samples_per_prompt": 3, "temperature": 0.7, "top_p": 1.0, "batch_size": 5,
                "bootstrap": 7, "beta": 0.3, "diversity": False, "curve.fractions": [0.5], "curve.samples_per_prompt": 3,
                "best_of_n": 8}

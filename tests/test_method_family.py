@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-import methods
-from methods import BatchLogps, SeqLogps
+from prefbench import methods
+from prefbench.methods import BatchLogps, SeqLogps
 
 # two pairs: policy and reference summed log-probs of chosen (w) and rejected (l), and token counts
 SW, SL, RW, RL = [-10.0, -6.0], [-12.0, -5.0], [-11.0, -6.5], [-11.5, -7.0]

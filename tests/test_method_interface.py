@@ -11,14 +11,15 @@ import torch
 from datasets import Dataset
 from transformers import LlamaConfig, LlamaForCausalLM
 
-import methods
-import methods.views
-from bench.data.views import View, build_view
-from bench.io.errors import UserError
-from bench.model.logprobs import score_view
-from bench.train import refcache
-from bench.train.trainer import TrainSpec, forward, train
-from methods import LossOutput, build_method
+from prefbench import methods
+import prefbench.methods.views
+from prefbench.data.views import View, build_view
+from prefbench.io.errors import UserError
+from prefbench.model.logprobs import score_view
+from prefbench.train import refcache
+from prefbench.train.batches import forward
+from prefbench.train.trainer import Callbacks, Sources, TrainSpec, train
+from prefbench.methods import LossOutput, build_method
 
 PAIRS = Dataset.from_dict({"prompt_ids": [[1, 2, 3], [1, 3, 2], [2, 1, 3], [3, 2, 1]],
                            "chosen_ids": [[4, 5, 6], [4, 6], [5, 4, 6, 7], [6, 5]],
@@ -29,7 +30,7 @@ SPEC = TrainSpec(steps=4, batch_size=2, lr=1e-2, warmup_ratio=0.0, scheduler="co
 TOKEN_DPO = '''
 from dataclasses import dataclass
 import torch.nn.functional as F
-from methods import LossOutput, Method, register
+from prefbench.methods import LossOutput, Method, register
 
 @register
 @dataclass
@@ -48,7 +49,7 @@ RUNNING_MARGIN = '''
 from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
-from methods import LossOutput, Method, register
+from prefbench.methods import LossOutput, Method, register
 
 @register
 @dataclass
@@ -71,8 +72,8 @@ class RunningMargin(Method):
 TRIPLET = '''
 from dataclasses import dataclass
 import torch.nn.functional as F
-from methods import LossOutput, Method, ViewSpec, register, register_view
-from methods.views import derangement
+from prefbench.methods import LossOutput, Method, ViewSpec, register, register_view
+from prefbench.methods.views import derangement
 
 def build(kind, c, seed):
     p, partner = c["prompt_ids"], derangement(len(c["prompt_ids"]), seed)
@@ -98,7 +99,7 @@ class Contrast(Method):
 PER_EXAMPLE = '''
 from dataclasses import dataclass
 import torch.nn.functional as F
-from methods import LossOutput, Method, register
+from prefbench.methods import LossOutput, Method, register
 
 @register
 @dataclass
@@ -114,7 +115,7 @@ class PerExampleDPO(Method):
 
 SCORED = '''
 from dataclasses import dataclass
-from methods import LossOutput, Method, register
+from prefbench.methods import LossOutput, Method, register
 
 @register
 @dataclass
@@ -151,11 +152,12 @@ def tiny_model():
                                         num_attention_heads=2, num_key_value_heads=2, pad_token_id=0))
 
 
-def trained(method, view, out_dir, spec=SPEC, **kw):
+def trained(method, view, out_dir, spec=SPEC, curve=None, rollout=None):
     model = tiny_model()
     ref = refcache.cached(out_dir / "cache", "init", view, tiny_model, 0, 8, "cpu", statistics=method.statistics)[0] \
         if method.needs_reference else None
-    stats = train(model, method, view, spec, out_dir, pad_id=0, reference=ref, **kw)
+    stats = train(model, method, view, spec, out_dir, pad_id=0, sources=Sources(ref, rollout=rollout),
+                  callbacks=Callbacks(curve=curve))
     return model, stats
 
 
@@ -244,7 +246,7 @@ def test_methods_that_train_on_fresh_samples_get_them_from_the_rollout_seam(plug
         train(tiny_model(), method, prompts, SPEC, tmp_path / "none", pad_id=0)
 
     def rollout(score):
-        def sample(model, indices, step):  # stands in for generation + judging (issue 16 builds the real one)
+        def sample(model, indices, step):  # stands in for generation + judging
             examples = [{"chosen": (prompts.examples[i]["chosen"][0], [5 + step % 3, 6])} for i in indices]
             return View("sft", examples, scores={"chosen": [score] * len(examples)}), None
         return sample

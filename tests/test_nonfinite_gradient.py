@@ -7,11 +7,11 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from bench.data.views import View, pad_batch
-from bench.model.logprobs import sequence_logps
-from bench.train.trainer import TrainSpec, train
-from methods import BatchLogps, build_method
-from tests.conftest import SMOKE, prefbench, run_dir
+from prefbench.data.views import View, pad_batch
+from prefbench.model.logprobs import sequence_logps
+from prefbench.train.trainer import TrainSpec, train
+from prefbench.methods import BatchLogps, build_method
+from tests.conftest import SMOKE, install_faults, prefbench, run_dir
 
 SURE = 4  # the token the saturated policy predicts with probability 1 (in float32) everywhere
 TOY = View("paired", [{"chosen": ([1, 2, 3], [SURE, SURE]), "rejected": ([1, 2, 3], [7, 8, 9])},
@@ -56,11 +56,12 @@ def test_orpo_nan_gradient_with_a_finite_loss_fails_the_step(max_grad_norm, tmp_
 
 
 def test_a_run_with_a_non_finite_gradient_fails_with_a_clear_error(tmp_path, shared_cache):
-    """Through the real CLI: fault=nan_grad makes one parameter's gradient NaN while the loss stays finite."""
-    proc = prefbench("run", "method=orpo", "fault=nan_grad", f"results_dir={tmp_path}", f"cache_dir={shared_cache}",
-                     *SMOKE, check=False)
+    """Through the real CLI: a method whose loss is finite and whose gradient is NaN."""
+    env, search = install_faults(tmp_path / "plugin")
+    proc = prefbench("run", "method=nan_grad", search, f"results_dir={tmp_path}", f"cache_dir={shared_cache}",
+                     *SMOKE, check=False, env=env)
     assert proc.returncode == 1 and "non-finite gradient" in proc.stderr
-    run = run_dir(tmp_path / "runs", "reviews-tiny-xs-orpo-s0,fault=nan_grad")
+    run = run_dir(tmp_path / "runs", "reviews-tiny-xs-nan_grad-s0")
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["error"] == "non-finite gradient (norm nan) at step 1"
     assert not (run / "checkpoint").exists()

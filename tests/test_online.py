@@ -10,13 +10,14 @@ from datasets import Dataset
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-import methods
-from bench.data.views import build_view
-from bench.eval.rollout import Rollout
-from bench.eval.sampling import generate
-from bench.eval.spec import SamplingSpec
-from bench.train.trainer import TrainSpec, train
-from methods import BatchLogps, SeqLogps
+from prefbench import methods
+from prefbench.data.views import build_view
+from prefbench.eval.rollout import Rollout
+from prefbench.eval.sampling import generate
+from prefbench.eval.spec import SamplingSpec
+from prefbench.io.errors import UserError
+from prefbench.train.trainer import Callbacks, Sources, TrainSpec, train
+from prefbench.methods import BatchLogps, SeqLogps
 
 SCORES = [1.0, 0.0, 0.5, 0.5, 2.0, -1.0, 0.0, 3.0]  # two prompts, four samples each
 TOKENS = [[-1.0, -2.0], [-0.5, -0.5, -1.0], [-2.0], [-1.0, -1.0], [-0.2, -0.3], [-3.0], [-1.5, -0.5], [-0.1]]
@@ -141,7 +142,7 @@ def bandit(method, tok, out_dir, steps=30, curve=None, **kw):
     spec = TrainSpec(steps=steps, batch_size=4, lr=3e-2, warmup_ratio=0.0, scheduler="constant", log_every=1,
                      progress=False, **kw)
     model = bandit_model()
-    stats = train(model, method, view, spec, out_dir, tok.pad_token_id, rollout=rollout, curve=curve)
+    stats = train(model, method, view, spec, out_dir, tok.pad_token_id, Sources(rollout=rollout), Callbacks(curve=curve))
     return model, stats, rollout
 
 
@@ -204,3 +205,13 @@ def test_a_reused_rollout_resumes_exactly_from_a_rollout_boundary(tok, tmp_path)
     straight, resumed = straight_and_resumed(methods.build_method("grpo", updates_per_rollout=2), tok, tmp_path,
                                              stop=3, every=1)
     assert all(torch.equal(p, q) for p, q in zip(straight.parameters(), resumed.parameters()))
+
+
+def test_an_online_method_refuses_a_sampling_temperature_its_log_probs_do_not_use():
+    from prefbench.job.config import compose_config, validate
+
+    validate(compose_config(["method=grpo", "model=tiny-xs"]))
+    validate(compose_config(["method=dpo", "model=tiny-xs", "eval.temperature=0.7"]))  # offline: samples only for eval
+    with pytest.raises(UserError, match=r"method=grpo trains on its samples with log-probs at temperature 1, so it "
+                                        r"samples at eval.temperature=1 too \(got 0.7\)"):
+        validate(compose_config(["method=grpo", "model=tiny-xs", "eval.temperature=0.7"]))

@@ -6,11 +6,11 @@ import pytest
 import torch
 import transformers
 
-from bench.data.views import View, pad_batch
-from bench.model.logprobs import length_groups, sequence_logps
-from bench.model.packing import can_pack, is_packed, packed_attention
-from bench.train.trainer import TrainSpec, enable_checkpointing, train
-from methods import build_method
+from prefbench.data.views import View, pad_batch
+from prefbench.model.logprobs import length_groups, sequence_logps
+from prefbench.model.packing import can_pack, is_packed, packed_attention
+from prefbench.train.trainer import Sources, TrainSpec, enable_checkpointing, train
+from prefbench.methods import build_method
 
 TINY = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
             max_position_embeddings=64)
@@ -117,11 +117,11 @@ def test_training_losses_agree_across_layouts(tmp_path):
         spec = TrainSpec(steps=4, batch_size=2, lr=1e-2, warmup_ratio=0.0, scheduler="constant", log_every=1,
                          progress=False, save_final=False, packing=packed, gradient_checkpointing=True)
         ref = build_method("dpo")
-        from bench.model.logprobs import score_view
-        from bench.train.refcache import ReferenceLogps
+        from prefbench.model.logprobs import score_view
+        from prefbench.train.refcache import ReferenceLogps
 
         reference = ReferenceLogps(score_view(model, VIEW, 0, 8, "cpu"))
-        train(model, ref, VIEW, spec, tmp_path / str(packed), pad_id=0, reference=reference)
+        train(model, ref, VIEW, spec, tmp_path / str(packed), pad_id=0, sources=Sources(reference))
         assert model.config._attn_implementation == "sdpa"
         rows = (tmp_path / str(packed) / "metrics.jsonl").read_text().splitlines()
         losses.append([json.loads(r)["loss"] for r in rows])

@@ -49,6 +49,31 @@ def test_perf_help_and_bad_settings_are_answered_before_any_trial(tmp_path):
     assert bad.returncode == 2 and "perf: unknown setting 'step'; allowed: methods, steps" in bad.stderr
     missing = prefbench("perf", "methods=[hinge]", check=False)
     assert missing.returncode == 2 and "perf: method 'hinge' is not registered" in missing.stderr
+    unknown = prefbench("perf", "baseline=opro", check=False)
+    assert unknown.returncode == 2 and "perf: baseline='opro' is not a registered method" in unknown.stderr
+    absent = prefbench("perf", "methods=[sft,dpo]", "baseline=ipo", check=False)
+    assert absent.returncode == 2 and "perf: baseline='ipo' is not one of methods=[sft, dpo]" in absent.stderr
+
+
+def test_step_cost_is_relative_to_the_baseline_setting():
+    from prefbench.perf import DEFAULTS, step_costs
+
+    def table():
+        return [{"method": m, "prefbench_seconds": s} for m, s in
+                zip(DEFAULTS["methods"], (1.0, 3.0, 4.0, 6.0, 2.0))]
+
+    default = table()
+    step_costs(default, DEFAULTS["baseline"])  # the default: dpo, ipo and kto over orpo, as before the setting
+    assert {r["method"]: r.get("step_cost_vs_orpo") for r in default} == {
+        "sft": None, "dpo": 1.5, "ipo": 2.0, "kto": 3.0, "orpo": None}
+    other = table()
+    step_costs(other, "dpo")  # the methods with a cached reference, over the baseline's seconds
+    assert {r["method"]: r.get("step_cost_vs_dpo") for r in other} == {
+        "sft": None, "dpo": None, "ipo": 4 / 3, "kto": 2.0, "orpo": None}
+    for baseline in (None, "grpo"):  # none, or a baseline that was not measured: no step cost
+        rows = table()
+        step_costs(rows, baseline)
+        assert not any(k.startswith("step_cost") for r in rows for k in r)
 
 
 def test_a_method_without_a_trl_adapter_is_measured_alone(tmp_path):
@@ -59,7 +84,7 @@ def test_a_method_without_a_trl_adapter_is_measured_alone(tmp_path):
     assert short.returncode == 2 and "perf: only 0 rows fit in seq_len=16 untruncated" in short.stderr
     out = prefbench("perf", "methods=[hinge]", "steps=2", "reps=1", "batch_size=2", "seq_len=256", "hidden=32",
                     "layers=1", "vocab=1024", f"out={tmp_path / 'perf'}", env=env).stdout
-    assert "hinge: no TRL adapter (bench/perf/trl_adapters.py): prefbench is measured alone" in out
+    assert "hinge: no TRL adapter (prefbench/perf/trl_adapters.py): prefbench is measured alone" in out
     assert "rep 0 hinge prefbench" in out and "trl" not in out.split("hinge: no TRL adapter")[1].split("\n")[1]
     saved = json.loads(next((tmp_path / "perf").glob("perf-*.json")).read_text())
     row = saved["table"][0]
@@ -68,8 +93,8 @@ def test_a_method_without_a_trl_adapter_is_measured_alone(tmp_path):
 
 
 def test_every_trl_adapter_is_a_registered_method():
-    import methods
-    from bench.perf.trl_adapters import ADAPTERS
+    from prefbench import methods
+    from prefbench.perf.trl_adapters import ADAPTERS
     assert set(ADAPTERS) <= set(methods.registry())
     assert len(ADAPTERS) == 26  # every method TRL 1.16 implements; the others are measured alone
 
@@ -108,10 +133,19 @@ def test_gpu_settings_and_mfu_on_this_machine(tmp_path):
 
 
 def test_the_peak_that_mfu_divides_by():
-    from bench.perf.measure import mfu, peak_tflops
+    from prefbench.perf.measure import mfu, peak_tflops
 
     assert peak_tflops("NVIDIA H100 80GB HBM3", None) == (989.5, "H100 dense bf16 (NVIDIA datasheet)")
     assert peak_tflops("NVIDIA H100 PCIe", None)[0] == 756.5 and peak_tflops("NVIDIA H200", None)[0] == 989.5
     assert peak_tflops("NVIDIA A100-SXM4-80GB", None)[0] == 312.0 and peak_tflops("NVIDIA L4", None)[0] == 121.0
     assert peak_tflops("cpu (2 threads of 2 cores)", None)[0] is None and peak_tflops("cpu", 2.0)[0] == 2.0
     assert mfu(10**9, 1000.0, 100.0) == pytest.approx(0.06) and mfu(10**9, 1000.0, None) is None
+
+
+def test_the_report_shows_any_baselines_step_cost_in_one_column():
+    from prefbench.perf.plot import PERF_COLUMNS, baseline_cost
+
+    assert baseline_cost({"method": "ipo", "step_cost_vs_dpo": 1.5}) == {
+        "method": "ipo", "baseline": "dpo", "step_cost_vs_baseline": 1.5}
+    assert baseline_cost({"method": "sft"}) == {"method": "sft"}
+    assert PERF_COLUMNS[-2:] == ["baseline", "step_cost_vs_baseline"]

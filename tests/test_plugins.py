@@ -8,7 +8,7 @@ from tests.conftest import SMOKE, install_package, prefbench, run_dir
 
 PLUGIN = '''
 """A task with a gold reward and a judge, as a third-party package."""
-from bench.data.tasks.base import SyntheticTask
+from prefbench.data.tasks.base import SyntheticTask
 
 LETTERS = "abcdefgh"
 

@@ -1,4 +1,4 @@
-"""PPO (methods/ppo.py): GAE, whitening and the loss against values computed by hand in plain Python, its gradients,
+"""PPO (prefbench/methods/ppo.py): GAE, whitening and the loss against values computed by hand in plain Python, its gradients,
 and the trainer's value head (the ``values`` statistic): trained, checkpointed, resumed exactly, never saved into
 the policy. Its training on the bandit is in tests/test_online.py with the other online methods."""
 import math
@@ -8,10 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import methods
-from bench.model.models import make_value_head
-from methods import BatchLogps, SeqLogps
-from methods.ppo import gae, whiten
+from prefbench import methods
+from prefbench.model.models import make_value_head
+from prefbench.methods import BatchLogps, SeqLogps
+from prefbench.methods.ppo import gae, whiten
 from tests.test_online import straight_and_resumed, tok  # noqa: F401
 
 POLICY = [[-1.0, -2.0, -0.5], [-0.3], [-1.2, -0.7]]

@@ -13,8 +13,8 @@ import math
 import pytest
 import torch
 
-from methods import build_method
-from methods.base import BatchLogps, SeqLogps
+from prefbench.methods import build_method
+from prefbench.methods.base import BatchLogps, SeqLogps
 
 CHOSEN, REJECTED = torch.tensor([0, 1, 0]), torch.tensor([1, 2, 2])  # pairs (y1, y2), (y2, y3), (y1, y3)
 BETAS = (0.1, 0.5, 1.0)
@@ -105,7 +105,7 @@ def test_dpo_on_the_builtin_task_displaces_the_chosen_likelihood(tmp_path):
     chosen completion's own log-prob falls. A real tiny run through `prefbench run`; the report flags it."""
     import pandas as pd
 
-    from bench.report.frontier_tables import DISPLACEMENT, diagnostics
+    from prefbench.report.frontier_tables import DISPLACEMENT, diagnostics
     from tests.conftest import prefbench, run_dir
 
     prefbench("run", "method=dpo", "model=tiny-xs", f"results_dir={tmp_path}", f"cache_dir={tmp_path / 'cache'}",

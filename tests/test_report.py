@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.report.build import load_runs
+from prefbench.report.build import load_runs
 from tests.conftest import REPO, SMOKE, prefbench
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -103,7 +103,7 @@ def test_the_samples_browser_shows_each_method_side_by_side_for_the_chosen_size_
 
 
 def test_report_a_b_highlights_what_differs_between_two_sweeps(sweep, tmp_path):
-    from bench.report.compare import config_differences
+    from prefbench.report.compare import config_differences
 
     other = tmp_path / "rerun"
     shutil.copytree(sweep, other)

@@ -1,4 +1,4 @@
-"""Resume and cost are exact (issue 11): a real kill -9 at each kill point of bench/io/faults.py, then a
+"""Resume and cost are exact (issue 11): a real kill -9 at each kill point of prefbench/io/faults.py, then a
 rerun, gives the summary of an uninterrupted run, and cost counts every training step once."""
 import json
 import signal
@@ -90,7 +90,7 @@ def test_a_stage_is_built_from_its_own_random_state(tmp_path):
     after different random histories draw the same numbers, and the caller's random state is left as it was."""
     import torch
 
-    from bench.io.stages import build_stage
+    from prefbench.io.stages import build_stage
 
     drawn, after = [], []
     for state in (1, 2):

@@ -5,11 +5,11 @@ import torch
 from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from bench import CONF_DIR
-from bench.cli import compose_config
-from bench.io.errors import UserError
-from bench.job.run import run_job
-from bench.model.models import from_scratch, scratch_config
+from prefbench import CONF_DIR
+from prefbench.job.config import compose_config
+from prefbench.io.errors import UserError
+from prefbench.job.run import run_job
+from prefbench.model.models import from_scratch, scratch_config
 from tests.conftest import SMOKE
 
 # the published parameter counts of the hub models whose shapes the yamls copy, at the hub models' vocabularies

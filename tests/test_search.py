@@ -6,7 +6,7 @@ import math
 import yaml
 from omegaconf import OmegaConf
 
-from bench.job.run import objective_value
+from prefbench.job.run import objective_value
 from tests.conftest import SMOKE, prefbench
 
 

@@ -12,13 +12,13 @@ import torch
 from omegaconf import OmegaConf
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
-from bench.data.prepare import tokenize
-from bench.data.sources import load_rows, parse_transcript
-from bench.data.tokenizer import train_bpe
-from bench.data.views import View
-from bench.io.errors import UserError
-from bench.model.logprobs import score_view
-from bench.model.models import attach_lora
+from prefbench.data.prepare import tokenize
+from prefbench.data.sources import load_rows, parse_transcript
+from prefbench.data.tokenizer import train_bpe
+from prefbench.data.views import View
+from prefbench.io.errors import UserError
+from prefbench.model.logprobs import score_view
+from prefbench.model.models import attach_lora
 from tests.conftest import REPO, prefbench
 
 HH = REPO.parent / "shared" / "data" / "hh-rlhf-harmless-base" / "test.jsonl.gz"

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from bench.cli import compose_config
-from bench.data.prepare import clean_split, load_clean, render
-from bench.data.sources import corpus_rows, load_rows
-from bench.data.tokenizer import train_bpe
-from bench.io.errors import UserError
-from bench.job.config import validate
+from prefbench.job.config import compose_config
+from prefbench.data.prepare import clean_split, load_clean, render
+from prefbench.data.sources import corpus_rows, load_rows
+from prefbench.data.tokenizer import train_bpe
+from prefbench.io.errors import UserError
+from prefbench.job.config import validate
 from tests.conftest import REPO, SMOKE, prefbench, run_dir
 
 SPLITS = ("train", "val", "eval")
@@ -171,7 +171,7 @@ def test_the_builtin_base_corpus_has_no_prompt_of_any_split(name):
 
 
 def test_cached_stages_of_a_builtin_task_are_keyed_by_its_version():
-    from bench.data.sources import task_spec
-    from bench.data.tasks import get_task
+    from prefbench.data.sources import task_spec
+    from prefbench.data.tasks import get_task
 
     assert task_spec(task_cfg("reviews"))["task_version"] == get_task("reviews").version == 2

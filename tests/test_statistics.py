@@ -1,4 +1,4 @@
-"""The statistics a method may ask for (``methods.base.STATISTICS``) equal their definitions computed from the
+"""The statistics a method may ask for (``prefbench.methods.base.STATISTICS``) equal their definitions computed from the
 model's full logits, in both layouts the trainer uses; the reference cache keeps the cacheable ones; a method
 that asks for ``reference_kl`` trains with the reference beside the policy."""
 import copy
@@ -6,12 +6,13 @@ import copy
 import pytest
 import torch
 
-import methods
-from bench.data.views import build_view, pad_batch
-from bench.model.logprobs import CACHEABLE, sequence_logps
-from bench.model.models import make_value_head
-from bench.train import refcache
-from bench.train.trainer import TrainSpec, forward, train
+from prefbench import methods
+from prefbench.data.views import build_view, pad_batch
+from prefbench.model.logprobs import CACHEABLE, sequence_logps
+from prefbench.model.models import make_value_head
+from prefbench.train import refcache
+from prefbench.train.batches import forward
+from prefbench.train.trainer import Sources, TrainSpec, train
 from tests.test_trl_parity import PAIRS, ROWS, logps, model, tok  # noqa: F401
 
 
@@ -33,7 +34,7 @@ def per_token(values, mask):
 
 @pytest.fixture(params=["packed", "padded"])
 def layout(request):
-    from bench.model.packing import packed_attention
+    from prefbench.model.packing import packed_attention
 
     def run(model, batch, statistics, reference=None, value_head=None):
         with packed_attention(model, enabled=request.param == "packed"):
@@ -120,9 +121,9 @@ def test_a_reference_kl_method_trains_with_the_reference_beside_the_policy(model
     assert float(policy.chosen.token_kl.abs().max()) < 1e-5
     spec = TrainSpec(steps=3, batch_size=3, lr=1e-2, warmup_ratio=0.0, log_every=1, progress=False, save_final=False)
     ref = refcache.cached(tmp_path / "cache", "init", view, lambda: copy.deepcopy(model), tok.pad_token_id, 8, "cpu")[0]
-    with pytest.raises(ValueError, match="reference_model"):
-        train(copy.deepcopy(model), method, view, spec, tmp_path / "no-ref", tok.pad_token_id, ref)
+    with pytest.raises(ValueError, match="needs the reference model"):
+        train(copy.deepcopy(model), method, view, spec, tmp_path / "no-ref", tok.pad_token_id, Sources(ref))
     trained = copy.deepcopy(model)
-    train(trained, method, view, spec, tmp_path / "run", tok.pad_token_id, ref, reference_model=copy.deepcopy(model))
+    train(trained, method, view, spec, tmp_path / "run", tok.pad_token_id, Sources(ref, copy.deepcopy(model)))
     after, _ = forward(trained, view, [0, 1, 2], tok.pad_token_id, "cpu", method.statistics, model)
     assert float(after.chosen.token_kl.sum()) > 1e-4

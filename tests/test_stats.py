@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.report import stats
-from bench.report.build import build_report, load_runs
-from bench.report.tables import PROMPTS_ONLY, SEED_ONLY, pairwise, series_summary
+from prefbench.report import stats
+from prefbench.report.build import build_report, load_runs
+from prefbench.report.tables import PROMPTS_ONLY, SEED_ONLY, pairwise, series_summary
 
 
 def exact_two_stage(per_seed):
@@ -185,7 +185,7 @@ def test_old_runs_without_prompts_fall_back_to_labelled_seed_cis(tmp_path):
 def test_win_rate_matrix_averages_every_seed(tmp_path):
     """Seed 0: A's samples beat B's on every prompt; seed 1: B's beat A's. The matrix shows the mean over both
     seeds (0.5), where it used to show the lowest seed's 1.0."""
-    from bench.report.plots import win_rate_matrix
+    from prefbench.report.plots import win_rate_matrix
 
     for seed, (a, b) in enumerate([(1.0, 0.0), (0.0, 1.0)]):
         for method, score in (("dpo", a), ("ipo", b)):

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.report.build import load_runs
-from tests.conftest import REPO, SMOKE, prefbench, run_dir
+from prefbench.report.build import load_runs
+from tests.conftest import REPO, SMOKE, install_faults, prefbench, run_dir
 
 
 def summary(run: Path) -> dict:
@@ -20,29 +20,27 @@ def summary(run: Path) -> dict:
 
 
 def test_multirun_with_a_failing_run_and_its_report(tmp_path, shared_cache):
-    """2 methods x 2 sizes, plus one job forced to a NaN loss: the others finish, the report shows it, and the
+    """2 methods x 2 sizes, plus a method whose loss is NaN: the others finish, the report shows it, and the
     sweep's exit status says that not every job is done."""
-    proc = prefbench("sweep", "method=sft,orpo", "model=tiny-xs,tiny-s", "fault=none,nan_loss", f"results_dir={tmp_path}",
+    env, search = install_faults(tmp_path / "plugin")
+    proc = prefbench("sweep", "method=sft,orpo,nan_loss", "model=tiny-xs,tiny-s", search, f"results_dir={tmp_path}",
                      "sweep_name=default", f"cache_dir={shared_cache}", *[a for a in SMOKE if not a.startswith("model=")],
-                     check=False)
-    assert proc.returncode == 1 and "4 of 8 jobs are not done: 4 failed." in proc.stdout
+                     check=False, env=env)
+    assert proc.returncode == 1 and "2 of 6 jobs are not done: 2 failed." in proc.stdout
     assert "\r" not in proc.stdout + proc.stderr  # a log file holds no progress bars (stderr is not a terminal)
     assert proc.stdout.count(": done (win rate vs SFT ") == 4  # one result line per finished job
     for noise in ("joblib", "parallel(", "no artists with labels", "font cache", "launching"):  # libraries' chatter
         assert noise not in (proc.stdout + proc.stderr).lower(), noise
     runs = {p.name: summary(p) for p in (tmp_path / "default").iterdir() if (p / "summary.json").exists()}
-    assert len(runs) == 8
+    assert len(runs) == 6
     failed = {k: v for k, v in runs.items() if v["status"] == "failed"}
-    assert {k.partition(",")[0] for k in failed} == {f"reviews-{m}-{x}-s0" for m in ("tiny-xs", "tiny-s")
-                                                     for x in ("sft", "orpo")}
-    assert all(",fault=nan_loss," in k for k in failed)
+    assert {k.partition(",")[0] for k in failed} == {f"reviews-{m}-nan_loss-s0" for m in ("tiny-xs", "tiny-s")}
     assert all("non-finite loss" in v["error"] for v in failed.values())
     assert all(v["status"] == "done" for k, v in runs.items() if k not in failed)
     df = load_runs(tmp_path / "default")
-    assert sorted(df["status"]) == ["done"] * 4 + ["failed"] * 4
-    assert df.attrs["swept"] == ["fault"]  # the failed runs are a series of their own, not averaged in
+    assert sorted(df["status"]) == ["done"] * 4 + ["failed"] * 2
     page = (tmp_path / "default" / "report" / "index.html").read_text()
-    assert "4 of 8 jobs are not done: 4 failed." in page and page.count("non-finite loss") == 4
+    assert "2 of 6 jobs are not done: 2 failed." in page and page.count("non-finite loss") == 2
     for plot in ["win_rate_vs_size", "win_rate_matrix", "reward_distributions", "logp_dynamics", "reward_kl",
                  "diversity", "compute", "reward_margins"]:
         assert (tmp_path / "default" / "report" / f"{plot}.png").stat().st_size > 5000
@@ -88,7 +86,8 @@ def test_report_shows_missing_runs(tmp_path, shared_cache):
     sweep = tmp_path / "default"
     (run_dir(sweep, "reviews-tiny-xs-orpo-s0") / "summary.json").unlink()  # a run that never reported
     shutil.rmtree(run_dir(sweep, "reviews-tiny-xs-dpo-s0"))  # a job whose worker was lost before it began
-    proc = prefbench("report", str(sweep))
+    proc = prefbench("report", str(sweep), check=False)
+    assert proc.returncode == 1  # as `prefbench sweep` would exit
     df = load_runs(sweep)
     assert sorted(df["status"]) == ["done", "missing", "missing"]
     assert set(df[df["status"] == "missing"]["method"]) == {"orpo", "dpo"}  # named from the sweep's plan

@@ -10,9 +10,9 @@ import pytest
 from filelock import FileLock
 from omegaconf import OmegaConf
 
-from bench.cli import compose_config
-from bench.io.naming import config_digest, readable_overrides, run_name, safe_component
-from bench.report.build import load_runs
+from prefbench.job.config import compose_config
+from prefbench.io.naming import config_digest, readable_overrides, run_name, safe_component
+from prefbench.report.build import load_runs
 from tests.conftest import REPO, SMOKE, prefbench, run_dir
 
 
@@ -44,8 +44,8 @@ def test_a_run_name_that_tries_to_escape_stays_inside_results_dir(tmp_path, shar
     assert not (tmp_path / "escaped").exists() and not list(tmp_path.glob("*escaped*"))
     (run,) = (results / "runs").iterdir()
     assert run.name.startswith("_.._.._.._escaped-tiny-xs-sft-s0")
-    bad = prefbench("run", "fault=../../x", f"results_dir={results}", *SMOKE, check=False)
-    assert bad.returncode == 2 and "fault='../../x' is unknown; allowed: none, nan_loss" in bad.stderr
+    bad = prefbench("run", "init=../../x", f"results_dir={results}", *SMOKE, check=False)
+    assert bad.returncode == 2 and "init='../../x' is not allowed; allowed: auto, base, sft" in bad.stderr
     bad = prefbench("run", "sweep_name=../up", f"results_dir={results}", *SMOKE, check=False)
     assert bad.returncode == 2 and "sweep_name='../up' is not allowed" in bad.stderr
     assert sorted(p.name for p in results.iterdir()) == ["runs"]
@@ -140,11 +140,11 @@ def test_lost_workers_do_not_lose_their_jobs(tmp_path, shared_cache):
 def test_a_glob_sweep_is_planned_as_hydra_expands_it():
     """`method: glob(*)` (sweep=all_methods) needs Hydra's config loader to list the options; the plan had
     none ("ConfigLoader is not set") before it passed one."""
-    import methods
-    from bench.cli import _register_resolvers
-    from bench.job.sweep import plan
+    from prefbench import methods
+    from prefbench.job.config import register_resolvers
+    from prefbench.job.sweep import plan
 
-    _register_resolvers()
+    register_resolvers()
     sweep_dir, jobs = plan(["sweep=all_methods"], lambda cfg: None)
     names = sorted({job.identity["method"] for job in jobs})
     assert sweep_dir.name == "all_methods" and len(jobs) == 3 * len(names)

@@ -1,6 +1,6 @@
 """Property tests: every form of the built-in tasks' grammars is scored as the task's docstring specifies.
 
-The expected values are computed here from the docstrings (bench/data/tasks/reviews.py, bench/data/tasks/sorting.py),
+The expected values are computed here from the docstrings (prefbench/data/tasks/reviews.py, prefbench/data/tasks/sorting.py),
 not with the tasks' own helpers; only the word tables (the lexicon) are shared.
 """
 from __future__ import annotations
@@ -11,8 +11,8 @@ import re
 
 import pytest
 
-from bench.data.tasks import get_task
-from bench.data.tasks.reviews import ADJECTIVES, ASPECTS, MODIFIERS, VERBS, sentence_sentiment
+from prefbench.data.tasks import get_task
+from prefbench.data.tasks.reviews import ADJECTIVES, ASPECTS, MODIFIERS, VERBS, sentence_sentiment
 
 REVIEWS, SORTING = get_task("reviews"), get_task("sorting")
 

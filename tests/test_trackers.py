@@ -1,4 +1,4 @@
-"""Experiment trackers (bench/job/track.py): one run logged to TensorBoard, MLflow, W&B and trackio at once, each
+"""Experiment trackers (prefbench/job/track.py): one run logged to TensorBoard, MLflow, W&B and trackio at once, each
 read back with that library's own reader; offline, and no API key ever written to disk."""
 import json
 import os

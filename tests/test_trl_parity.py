@@ -1,7 +1,7 @@
 """Our losses against TRL 1.16's own implementations, on the same model, batch and reference log-probs.
 
 TRL computes the policy log-probs itself from the model (with its fused LM head); we compute them with
-``bench.model.logprobs``, padding-free and in length groups. Agreement to 1e-5 checks the log-prob extraction
+``prefbench.model.logprobs``, padding-free and in length groups. Agreement to 1e-5 checks the log-prob extraction
 and the loss formula together.
 """
 import pytest
@@ -9,12 +9,12 @@ import torch
 from datasets import Dataset
 from transformers import LlamaConfig, LlamaForCausalLM
 
-import methods
-from bench.data.tasks import get_task
-from bench.data.tokenizer import train_bpe
-from bench.data.views import View, pad_batch
-from bench.model.logprobs import sequence_logps
-from bench.model.packing import packed_attention
+from prefbench import methods
+from prefbench.data.tasks import get_task
+from prefbench.data.tokenizer import train_bpe
+from prefbench.data.views import View, pad_batch
+from prefbench.model.logprobs import sequence_logps
+from prefbench.model.packing import packed_attention
 
 ROWS = get_task("reviews").pairs(8, 0)
 

@@ -12,10 +12,10 @@ import copy
 import pytest
 import torch
 
-import methods
-from bench.data.views import pad_batch
-from bench.model.logprobs import sequence_logps
-from bench.model.packing import packed_attention
+from prefbench import methods
+from prefbench.data.views import pad_batch
+from prefbench.model.logprobs import sequence_logps
+from prefbench.model.packing import packed_attention
 from tests.test_trl_parity import PAIRS, REF_CHOSEN, REF_REJECTED, ROWS, conversational, logps, model, tok  # noqa: F401
 
 DPO_FAMILY = [  # prefbench method and params, TRL DPOConfig settings
@@ -32,7 +32,7 @@ DPO_FAMILY = [  # prefbench method and params, TRL DPOConfig settings
     ("rpo", {"beta": 0.1, "alpha": 0.7}, {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.7]}),
     ("fdpo", {"beta": 0.1, "divergence": "forward_kl"}, {"f_divergence_type": "forward_kl"}),
     ("fdpo", {"beta": 0.1, "divergence": "js"}, {"f_divergence_type": "js_divergence"}),
-    # the paper's alpha is 1 - TRL's f_alpha_divergence_coef (methods/fdpo.py)
+    # the paper's alpha is 1 - TRL's f_alpha_divergence_coef (prefbench/methods/fdpo.py)
     ("fdpo", {"beta": 0.1, "divergence": "alpha", "alpha": 0.3},
      {"f_divergence_type": "alpha_divergence", "f_alpha_divergence_coef": 0.7}),
     ("bco", {"beta": 0.1}, {"loss_type": ["bco_pair"]}),

@@ -11,9 +11,9 @@ import pytest
 import torch
 from datasets import Dataset
 
-import methods
-from bench.data.views import View, pad_batch
-from bench.model.logprobs import sequence_logps
+from prefbench import methods
+from prefbench.data.views import View, pad_batch
+from prefbench.model.logprobs import sequence_logps
 from tests.test_trl_parity import model, tok  # noqa: F401
 from tests.test_trl_parity_family import assert_same
 

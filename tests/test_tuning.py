@@ -1,9 +1,9 @@
-"""The tuning protocol's selection rule (bench/report/tuning.py) on a runs table with a known answer."""
+"""The tuning protocol's selection rule (prefbench/report/tuning.py) on a runs table with a known answer."""
 import pandas as pd
 import pytest
 
-from bench.io.errors import UserError
-from bench.report.tuning import KL_BOUND, tuning_table
+from prefbench.io.errors import UserError
+from prefbench.report.tuning import KL_BOUND, tuning_table
 
 
 def runs(rows):
@@ -42,8 +42,8 @@ def test_only_runs_judged_on_the_validation_prompts():
 def test_tuned_values_apply_per_model_size_and_strength_still_scales_them():
     from omegaconf import open_dict
 
-    from bench.cli import compose_config
-    from bench.job.config import method_from_config
+    from prefbench.job.config import compose_config
+    from prefbench.job.config import method_from_config
 
     def config(*overrides):
         cfg = compose_config(["method=dpo", *overrides])

@@ -1,1 +1,0 @@
-"""Layer data (bench/layers.py): rows -> cleaned pairs -> tokens -> method views."""

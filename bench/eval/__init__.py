@@ -1,1 +1,0 @@
-"""Layer eval (bench/layers.py): samples, judges, metrics, frontiers."""

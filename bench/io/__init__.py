@@ -1,1 +1,0 @@
-"""Layer io (bench/layers.py): files and caches every step uses."""

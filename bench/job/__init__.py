@@ -1,1 +1,0 @@
-"""Layer job (bench/layers.py): a config -> a run folder; sweeps."""

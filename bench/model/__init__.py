@@ -1,1 +1,0 @@
-"""Layer model (bench/layers.py): models, padding-free forwards, log-probs, FLOPs."""

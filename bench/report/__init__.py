@@ -1,1 +1,0 @@
-"""Layer report (bench/layers.py): statistics, tables, plots, the HTML page."""

@@ -1,1 +1,0 @@
-"""Layer train (bench/layers.py): the one trainer."""

@@ -1,0 +1,1 @@
+"""Layer data (prefbench/layers.py): rows -> cleaned pairs -> tokens -> method views."""

@@ -1,0 +1,1 @@
+"""Layer eval (prefbench/layers.py): samples, judges, metrics, frontiers."""

@@ -1,0 +1,1 @@
+"""Layer io (prefbench/layers.py): files and caches every step uses."""

@@ -1,0 +1,1 @@
+"""Layer job (prefbench/layers.py): a config -> a run folder; sweeps."""

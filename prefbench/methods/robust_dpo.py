@@ -1,0 +1,36 @@
+"""Robust DPO (Chowdhury et al. 2024, "Provably robust DPO"): an unbiased loss under label noise eps.
+
+TRL: ``DPOTrainer(loss_type="robust", label_smoothing=eps)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+
+from prefbench.methods import register, scaled_by_strength
+from prefbench.methods.base import BatchLogps, LossOutput, Method, log_ratios
+
+
+@register
+@dataclass
+class RobustDPO(Method):
+    """L = [-(1 - eps) log sigma(beta h) + eps log sigma(-beta h)] / (1 - 2 eps), h = h(yw) - h(yl)."""
+
+    beta: float = scaled_by_strength(0.1)
+    eps: float = 0.1
+    name = "robust_dpo"
+    view = "paired"
+    needs_reference = True
+    init = "sft"
+
+    def __post_init__(self):
+        self.require_positive(beta=self.beta)
+        if not 0 <= self.eps < 0.5:
+            raise ValueError(f"method.eps must be in [0, 0.5) (got {self.eps})")
+
+    def loss(self, policy: BatchLogps, reference: BatchLogps | None) -> LossOutput:
+        chosen, rejected = log_ratios(policy, reference)
+        z = self.beta * (chosen - rejected)
+        clean, flipped = -(1 - self.eps) * F.logsigmoid(z), -self.eps * F.logsigmoid(-z)
+        return LossOutput(losses=(clean - flipped) / (1 - 2 * self.eps))

@@ -1,0 +1,33 @@
+"""SimPO: Simple Preference Optimization with a reference-free reward (Meng et al. 2024, eq. 6).
+
+The reward is the length-normalised log-likelihood beta * A(y); gamma is the target reward margin.
+TRL implements it as ``CPOTrainer(loss_type="simpo")`` (prefbench follows the paper, which TRL matches).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+
+from prefbench.methods import register
+from prefbench.methods.base import BatchLogps, LossOutput, Method
+
+
+@register
+@dataclass
+class SimPO(Method):
+    """L = -log sigma(beta * A_theta(yw) - beta * A_theta(yl) - gamma), A(y) = S(y) / |y|."""
+
+    beta: float = 2.0
+    gamma: float = 1.0
+    name = "simpo"
+    view = "paired"
+    needs_reference = False
+    init = "sft"
+
+    def __post_init__(self):
+        self.require_positive(beta=self.beta)
+
+    def loss(self, policy: BatchLogps, reference: BatchLogps | None) -> LossOutput:
+        margin = self.beta * (policy.chosen.mean - policy.rejected.mean) - self.gamma
+        return LossOutput(losses=-F.logsigmoid(margin))

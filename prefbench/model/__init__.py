@@ -1,0 +1,1 @@
+"""Layer model (prefbench/layers.py): models, padding-free forwards, log-probs, FLOPs."""

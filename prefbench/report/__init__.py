@@ -1,0 +1,1 @@
+"""Layer report (prefbench/layers.py): statistics, tables, plots, the HTML page."""

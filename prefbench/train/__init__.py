@@ -1,0 +1,1 @@
+"""Layer train (prefbench/layers.py): the one trainer."""

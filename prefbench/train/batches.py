@@ -1,0 +1,54 @@
+"""A micro-batch: which examples it holds, and the policy's statistics of them by role."""
+from __future__ import annotations
+
+import random
+from dataclasses import fields, replace
+
+import torch
+
+from prefbench.data.views import View, pad_batch
+from prefbench.model.logprobs import sequence_logps
+from prefbench.methods import BatchLogps, SeqLogps
+
+
+def batch_indices(n: int, batch_size: int, seed: int, micro_step: int, rank: int = 0, world: int = 1,
+                  shuffle: bool = True) -> list[int]:
+    """Example indices of micro-batch number ``micro_step``: a fresh seeded shuffle every epoch,
+    so the order is reproducible and resumable from any step."""
+    per_epoch = max(1, n // (batch_size * world))
+    epoch, k = divmod(micro_step, per_epoch)
+    order = list(range(n))
+    if shuffle:
+        random.Random(seed * 100_003 + epoch).shuffle(order)
+    start = (k * world + rank) * batch_size
+    return order[start: start + batch_size]
+
+
+def forward(model, view: View, indices: list[int], pad_id: int, device, statistics: frozenset[str] = frozenset(),
+            reference_model=None, value_head=None) -> tuple[BatchLogps, dict]:
+    """Policy statistics of a micro-batch by role, and the example index of each role: one forward with
+    grad for the view's trained roles (concatenated), one without grad for its no-grad roles. Every trained
+    role is present, with zero sequences when the micro-batch has none. ``statistics``: what the method asks
+    for besides the sums (``prefbench.methods.base.STATISTICS``; ``reference_kl`` runs ``reference_model`` too, ``values``
+    applies ``value_head``);
+    a view of fresh samples (``View.scores``) adds each sequence's judge score."""
+    spec = view.spec
+    trained = pad_batch(view, indices, spec.roles, pad_id).to(device)
+    stats = sequence_logps(model, trained, statistics=statistics, reference=reference_model, value_head=value_head)
+    index = dict(trained.index)
+    probe = pad_batch(view, indices, spec.no_grad_roles, pad_id) if spec.no_grad_roles else None
+    if probe is not None:
+        with torch.no_grad():
+            stats |= sequence_logps(model, probe.to(device), statistics=statistics, reference=reference_model,
+                                    value_head=value_head)
+        index |= probe.index
+    some = next(iter(stats.values()))
+    for role in spec.roles:
+        if role not in stats:
+            stats[role] = SeqLogps(**{f.name: getattr(some, f.name).new_zeros((0,) * getattr(some, f.name).dim())
+                                      for f in fields(SeqLogps) if getattr(some, f.name) is not None})
+            index[role] = torch.zeros(0, dtype=torch.long, device=device)
+    for role, scores in view.scores.items():
+        if role in stats:
+            stats[role] = replace(stats[role], score=torch.tensor(scores, device=device)[index[role]])
+    return BatchLogps(**stats), index
