@@ -1,4 +1,4 @@
-"""`prefbench conform [METHOD ...] [--e2e]`: the checks every method plugin passes (issue 15), one line each.
+"""`prefbench conform [METHOD ...] [--e2e]`: the checks every method plugin passes, one line each.
 
   loss        finite with finite gradients on random statistics and on extreme ones (log-probs near 0 and
               near -1e4, one-token and long sequences), for every role of the method's view; an online method

@@ -1,4 +1,4 @@
-"""Evaluation along training and best-of-n (prefbench/eval/curve.py, issue 13): every run is a curve, the curve changes
+"""Evaluation along training and best-of-n (prefbench/eval/curve.py): every run is a curve, the curve changes
 no trained weight, and the best-of-n baseline has the analytic KL and the order-statistic score."""
 import json
 import math

@@ -26,7 +26,7 @@ def good(i: int) -> dict:
 
 
 def fuzz_lines() -> tuple[list[bytes], dict[str, int], int]:
-    """60 good rows and the defects of issue 11: (lines, expected drops by reason, expected kept rows)."""
+    """60 good rows and the defects found in review: (lines, expected drops by reason, expected kept rows)."""
     dump = lambda r: json.dumps(r).encode()  # noqa: E731  (ASCII JSON: escapes stay escapes)
     defects = {
         "missing_field": [dump({"prompt": "x", "chosen": "y"}), dump({"prompt": "x", "chosen": None, "rejected": "z"})],

@@ -1,4 +1,4 @@
-"""Peak memory is each job's own (issue 11): a launcher worker that runs several jobs in one process
+"""Peak memory is each job's own: a launcher worker that runs several jobs in one process
 must not report, for a later job, memory that an earlier job (or anything before it) held."""
 import resource
 import sys

@@ -45,6 +45,15 @@ def test_reward_model_judge_scores_in_batches(tiny_rm):
     assert single == pytest.approx(scores[:2], abs=1e-4)  # padding does not change a score
 
 
+def test_a_transcript_longer_than_the_reward_models_window_keeps_the_response(tiny_rm):
+    """Past the 512-token window the reward model reads the transcript's end: the response it judges."""
+    judge = RewardModelJudge(str(tiny_rm), batch_size=2)
+    long_prompt = " ".join(["Review the film, the actors and the plot."] * 200)
+    assert len(judge.tok(long_prompt)["input_ids"]) > 1000
+    scores = judge.score([long_prompt] * 2, ["a great film.", "a bad film."])
+    assert scores[0] != pytest.approx(scores[1])
+
+
 def test_a_new_reward_head_is_drawn_from_its_seed_not_the_processs_random_state(tiny_rm, tmp_path):
     """The bt stage's head was drawn from the process's random state: in a sweep, a job that had trained the SFT
     stage first got another reward model than one that found it cached (the proxy reference did not reproduce)."""

@@ -1,4 +1,4 @@
-"""The evaluation measures what it says (issue 12, "the measurements are sound"): the policy's and the
+"""The evaluation measures what it says ("the measurements are sound"): the policy's and the
 anchor's samples come from independent streams, a model's own generation_config cannot change the
 samples, the KL is scored under the distribution the samples were drawn from (with a CI over prompts),
 and the log-prob dynamics start at the init model (step 0)."""

@@ -1,4 +1,4 @@
-"""The offline method family against its papers' formulas on hand-set numbers (issue 15, golden tests).
+"""The offline method family against its papers' formulas on hand-set numbers (golden tests).
 
 Each case gives two pairs' summed log-probs S, token counts n and, for token-level methods, per-token log-probs;
 the expected loss is the paper's equation evaluated with plain floats (``math``), independently of the method's

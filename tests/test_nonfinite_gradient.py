@@ -1,4 +1,4 @@
-"""A non-finite gradient stops training like a non-finite loss does (issue 11): ORPO on a policy whose
+"""A non-finite gradient stops training like a non-finite loss does: ORPO on a policy whose
 per-token mean log-prob of the chosen completions is exactly 0 has a finite loss and a NaN gradient
 (log(1 - exp A) is -inf at A = 0). The run must fail with a clear error, never train a NaN model."""
 import json

@@ -33,7 +33,7 @@ def chromium() -> str:
 
 def n_figures(sweep) -> int:
     """The runs' figures: 7, plus win rate vs training FLOPs once the runs record cost/total_train_flops, plus the
-    frontier and length figures once they record a curve (issue 13), plus the reward margins on paired data."""
+    frontier and length figures once they record a curve, plus the reward margins on paired data."""
     df = load_runs(sweep)
     return 7 + ("cost/total_train_flops" in df) + 2 * ("eval/curve_points" in df) + ("eval/reward_margin" in df)
 
@@ -61,7 +61,7 @@ def test_report_renders_in_headless_chromium(sweep, tmp_path):
     assert "dpo" in dom and "tiny-xs" in dom
     assert dom.index("Conclusions") < dom.index("Ranking on tiny-xs") < dom.index("Ranking on tiny-s") < dom.index("<img")
     assert "(win rate vs SFT, 95% CI " in dom and "prompts only (one seed)" in dom
-    assert "win rate at matched KL" in dom and "LC win rate" in dom  # ranking columns (issue 13)
+    assert "win rate at matched KL" in dom and "LC win rate" in dom  # ranking columns
     assert dom.index("Frontier fits") < dom.index("Diagnostics") < dom.index("<img")
     shot = tmp_path / "report.png"
     subprocess.run([*common, f"--screenshot={shot}", "--window-size=1400,2400", page], capture_output=True,

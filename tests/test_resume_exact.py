@@ -1,4 +1,4 @@
-"""Resume and cost are exact (issue 11): a real kill -9 at each kill point of prefbench/io/faults.py, then a
+"""Resume and cost are exact: a real kill -9 at each kill point of prefbench/io/faults.py, then a
 rerun, gives the summary of an uninterrupted run, and cost counts every training step once."""
 import json
 import signal

@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from prefbench import CONF_DIR
 from prefbench.job.config import compose_config
 from prefbench.data.prepare import clean_split, load_clean, render
 from prefbench.data.sources import corpus_rows, load_rows
 from prefbench.data.tokenizer import train_bpe
 from prefbench.io.errors import UserError
 from prefbench.job.config import validate
-from tests.conftest import REPO, SMOKE, prefbench, run_dir
+from tests.conftest import SMOKE, prefbench, run_dir
 
 SPLITS = ("train", "val", "eval")
 
@@ -36,7 +37,7 @@ def assert_prompt_disjoint(data) -> dict[str, set[str]]:
 
 
 def task_cfg(name: str, **overrides):
-    return OmegaConf.merge(OmegaConf.load(REPO / "conf" / "task" / f"{name}.yaml"), overrides)
+    return OmegaConf.merge(OmegaConf.load(CONF_DIR / "task" / f"{name}.yaml"), overrides)
 
 
 @pytest.mark.parametrize("name", ["reviews", "sorting"])

@@ -93,6 +93,7 @@ class RewardModelJudge:
                 raise UserError(f"reward model {path}: its tokenizer has neither a pad nor an eos token")
             self.tok.pad_token = self.tok.eos_token
         self.model.config.pad_token_id = self.tok.pad_token_id
+        self.tok.truncation_side = "left"  # past the window the dialogue's start is cut, never the response judged
         self.batch_size = batch_size
 
     def texts(self, prompts, completions) -> list[str]:
