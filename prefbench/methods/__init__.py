@@ -15,6 +15,8 @@ from prefbench.methods.base import (
     BatchLogps,
     LossOutput,
     Method,
+    PairedReferenceFreeMethod,
+    PairedReferenceMethod,
     SeqLogps,
     StrengthNotApplicable,
     log_ratios,
@@ -22,9 +24,9 @@ from prefbench.methods.base import (
 )
 from prefbench.methods.views import _VIEWS, ViewSpec, register_view
 
-__all__ = ["BatchLogps", "LossOutput", "Method", "SeqLogps", "ViewSpec", "register", "register_view", "registry",
-           "build_method", "log_ratios", "StrengthNotApplicable", "strength_fields", "scaled_by_strength",
-           "apply_strength", "view_spec", "family", "order_key"]
+__all__ = ["BatchLogps", "LossOutput", "Method", "PairedReferenceMethod", "PairedReferenceFreeMethod", "SeqLogps",
+           "ViewSpec", "register", "register_view", "registry", "build_method", "log_ratios", "StrengthNotApplicable",
+           "strength_fields", "scaled_by_strength", "apply_strength", "view_spec", "family", "order_key"]
 INTERFACE = ("base", "views")  # the modules of this package that hold no method
 
 ENTRY_POINT_GROUP = "prefbench.methods"

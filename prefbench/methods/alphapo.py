@@ -11,24 +11,22 @@ import torch
 import torch.nn.functional as F
 
 from prefbench.methods import register
-from prefbench.methods.base import BatchLogps, LossOutput, Method
+from prefbench.methods.base import BatchLogps, LossOutput, PairedReferenceFreeMethod
 
 
 @register
 @dataclass
-class AlphaPO(Method):
+class AlphaPO(PairedReferenceFreeMethod):
     """L = -log sigma(beta * (r(yw) - r(yl)) - gamma), r(y) = (1 - exp(-alpha * A(y))) / alpha."""
 
     beta: float = 2.0
     gamma: float = 1.0
     alpha: float = 0.25
     name = "alphapo"
-    view = "paired"
-    needs_reference = False
-    init = "sft"
 
     def __post_init__(self):
-        self.require_positive(beta=self.beta, alpha=self.alpha)
+        super().__post_init__()
+        self.require_positive(alpha=self.alpha)
 
     def loss(self, policy: BatchLogps, reference: BatchLogps | None) -> LossOutput:
         def reward(mean_logp):

@@ -12,23 +12,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from prefbench.methods import register, scaled_by_strength
-from prefbench.methods.base import BatchLogps, LossOutput, Method
+from prefbench.methods import register
+from prefbench.methods.base import BatchLogps, LossOutput, PairedReferenceMethod
 
 
 @register
 @dataclass
-class AOT(Method):
+class AOT(PairedReferenceMethod):
     """L = mean_i -log sigma(beta (sort(g_theta)_i - sort(g_ref)_i)), g(x) = S(yw) - S(yl) (label smoothing 0)."""
 
-    beta: float = scaled_by_strength(0.1)
     name = "aot"
-    view = "paired"
-    needs_reference = True
-    init = "sft"
-
-    def __post_init__(self):
-        self.require_positive(beta=self.beta)
 
     def loss(self, policy: BatchLogps, reference: BatchLogps | None) -> LossOutput:
         gap = torch.sort(policy.chosen.sum - policy.rejected.sum).values

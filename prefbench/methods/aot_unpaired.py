@@ -9,23 +9,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from prefbench.methods import register, scaled_by_strength
-from prefbench.methods.base import BatchLogps, LossOutput, Method, log_ratios
+from prefbench.methods import register
+from prefbench.methods.base import BatchLogps, LossOutput, PairedReferenceMethod, log_ratios
 
 
 @register
 @dataclass
-class AOTUnpaired(Method):
+class AOTUnpaired(PairedReferenceMethod):
     """L = mean_i -log sigma(beta (sort(h(yw))_i - sort(h(yl))_i)), h(y) = S_theta(y) - S_ref(y)."""
 
-    beta: float = scaled_by_strength(0.1)
     name = "aot_unpaired"
-    view = "paired"
-    needs_reference = True
-    init = "sft"
-
-    def __post_init__(self):
-        self.require_positive(beta=self.beta)
 
     def loss(self, policy: BatchLogps, reference: BatchLogps | None) -> LossOutput:
         chosen, rejected = (torch.sort(h).values for h in log_ratios(policy, reference))

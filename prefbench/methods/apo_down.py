@@ -9,23 +9,16 @@ from dataclasses import dataclass
 
 import torch
 
-from prefbench.methods import register, scaled_by_strength
-from prefbench.methods.base import BatchLogps, LossOutput, Method, log_ratios
+from prefbench.methods import register
+from prefbench.methods.base import BatchLogps, LossOutput, PairedReferenceMethod, log_ratios
 
 
 @register
 @dataclass
-class APODown(Method):
+class APODown(PairedReferenceMethod):
     """L = sigma(beta h(yw)) + (1 - sigma(beta (h(yw) - h(yl)))), h(y) = S_theta(y) - S_ref(y)."""
 
-    beta: float = scaled_by_strength(0.1)
     name = "apo_down"
-    view = "paired"
-    needs_reference = True
-    init = "sft"
-
-    def __post_init__(self):
-        self.require_positive(beta=self.beta)
 
     def loss(self, policy: BatchLogps, reference: BatchLogps | None) -> LossOutput:
         chosen, rejected = log_ratios(policy, reference)

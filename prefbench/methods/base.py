@@ -203,6 +203,36 @@ class Method:
                 raise ValueError(f"method.{key} must be a whole number >= 1 (got {value!r})")
 
 
+@dataclass
+class PairedReferenceMethod(Method):
+    """The reference-anchored paired family: a paired view, log-ratios against the frozen reference,
+    initialised from the SFT stage, ``beta`` scaled by strength and required positive. A member redeclares
+    ``beta`` for another default, and its own ``__post_init__`` calls this one first."""
+
+    beta: float = scaled_by_strength(0.1)
+    view = "paired"
+    needs_reference = True
+    init = "sft"
+
+    def __post_init__(self):
+        self.require_positive(beta=self.beta)
+
+
+@dataclass
+class PairedReferenceFreeMethod(Method):
+    """The reference-free paired family with a reward scale: a paired view scored by the policy's own
+    log-likelihoods, no reference, initialised from the SFT stage, ``beta`` required positive. Each member
+    declares ``beta`` with its own default, and its own ``__post_init__`` calls this one first."""
+
+    beta: float
+    view = "paired"
+    needs_reference = False
+    init = "sft"
+
+    def __post_init__(self):
+        self.require_positive(beta=self.beta)
+
+
 def group_scores(seq: SeqLogps, k: int) -> torch.Tensor:
     """An online batch's judge scores as (prompts, k): the rollout puts a prompt's k samples side by side."""
     if seq.score is None or len(seq.score) % k:

@@ -13,24 +13,17 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from prefbench.methods import register, scaled_by_strength
-from prefbench.methods.base import BatchLogps, LossOutput, Method, log_ratios
+from prefbench.methods import register
+from prefbench.methods.base import BatchLogps, LossOutput, PairedReferenceMethod, log_ratios
 
 
 @register
 @dataclass
-class BCO(Method):
+class BCO(PairedReferenceMethod):
     """L = -log sigma(r(yw) - delta) - log sigma(-(r(yl) - delta)), r(y) = beta (S_theta(y) - S_ref(y));
     delta <- delta + (m - delta) n / (N + n): a batch of n rewards (chosen and rejected) with mean m, after N, detached."""
 
-    beta: float = scaled_by_strength(0.1)
     name = "bco"
-    view = "paired"
-    needs_reference = True
-    init = "sft"
-
-    def __post_init__(self):
-        self.require_positive(beta=self.beta)
 
     def initial_state(self) -> dict[str, torch.Tensor]:
         return {"delta": torch.zeros((), dtype=torch.float64), "count": torch.zeros((), dtype=torch.float64)}

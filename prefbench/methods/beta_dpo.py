@@ -14,29 +14,25 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from prefbench.methods import register, scaled_by_strength
-from prefbench.methods.base import BatchLogps, LossOutput, Method, log_ratios
+from prefbench.methods import register
+from prefbench.methods.base import BatchLogps, LossOutput, PairedReferenceMethod, log_ratios
 
 MOMENTUM = 0.9
 
 
 @register
 @dataclass
-class BetaDPO(Method):
+class BetaDPO(PairedReferenceMethod):
     """L = mean over kept pairs of -log sigma(beta_b g_i), beta_b = max(1e-3, beta (1 + a (mean_kept g - M0))),
     detached; M0 <- 0.9 M0 + 0.1 mean g, s <- 0.9 s + 0.1 std g; kept: the floor((1 - rho) N) largest
     exp(-((g_i - M0) / s)^2 / 2)."""
 
-    beta: float = scaled_by_strength(0.1)
     a: float = 0.6
     rho: float = 0.2
     name = "beta_dpo"
-    view = "paired"
-    needs_reference = True
-    init = "sft"
 
     def __post_init__(self):
-        self.require_positive(beta=self.beta)
+        super().__post_init__()
         if not 0 <= self.rho < 1:
             raise ValueError(f"method.rho must be in [0, 1) (got {self.rho})")
 

@@ -9,23 +9,17 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 
 from prefbench.methods import register
-from prefbench.methods.base import BatchLogps, LossOutput, Method
+from prefbench.methods.base import BatchLogps, LossOutput, PairedReferenceFreeMethod
 
 
 @register
 @dataclass
-class CPO(Method):
+class CPO(PairedReferenceFreeMethod):
     """L = -log sigma(beta * (S_theta(yw) - S_theta(yl))) + alpha * NLL(yw), NLL the token mean."""
 
     beta: float = 0.1
     alpha: float = 1.0
     name = "cpo"
-    view = "paired"
-    needs_reference = False
-    init = "sft"
-
-    def __post_init__(self):
-        self.require_positive(beta=self.beta)
 
     def loss(self, policy: BatchLogps, reference: BatchLogps | None) -> LossOutput:
         prefer = -F.logsigmoid(self.beta * (policy.chosen.sum - policy.rejected.sum)).mean()

@@ -11,23 +11,21 @@ import torch
 import torch.nn.functional as F
 
 from prefbench.methods import register, scaled_by_strength
-from prefbench.methods.base import BatchLogps, LossOutput, Method, log_ratios
+from prefbench.methods.base import BatchLogps, LossOutput, PairedReferenceMethod, log_ratios
 
 
 @register
 @dataclass
-class DiscoPOP(Method):
+class DiscoPOP(PairedReferenceMethod):
     """L = (1 - sigma(z / tau)) (-log sigma(z)) + sigma(z / tau) exp(-z), z = beta (h(yw) - h(yl))."""
 
     beta: float = scaled_by_strength(0.05)
     tau: float = 0.05
     name = "discopop"
-    view = "paired"
-    needs_reference = True
-    init = "sft"
 
     def __post_init__(self):
-        self.require_positive(beta=self.beta, tau=self.tau)
+        super().__post_init__()
+        self.require_positive(tau=self.tau)
 
     def loss(self, policy: BatchLogps, reference: BatchLogps | None) -> LossOutput:
         chosen, rejected = log_ratios(policy, reference)

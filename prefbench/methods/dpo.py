@@ -5,23 +5,16 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from prefbench.methods import register, scaled_by_strength
-from prefbench.methods.base import BatchLogps, LossOutput, Method
+from prefbench.methods import register
+from prefbench.methods.base import BatchLogps, LossOutput, PairedReferenceMethod
 
 
 @register
 @dataclass
-class DPO(Method):
+class DPO(PairedReferenceMethod):
     """L = -log sigma(beta * [(S_theta(yw) - S_ref(yw)) - (S_theta(yl) - S_ref(yl))]), S summed log-probs."""
 
-    beta: float = scaled_by_strength(0.1)
     name = "dpo"
-    view = "paired"
-    needs_reference = True
-    init = "sft"
-
-    def __post_init__(self):
-        self.require_positive(beta=self.beta)
 
     def loss(self, policy: BatchLogps, reference: BatchLogps | None) -> LossOutput:
         logits = (policy.chosen.sum - reference.chosen.sum) - (policy.rejected.sum - reference.rejected.sum)

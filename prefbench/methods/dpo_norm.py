@@ -8,22 +8,16 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 
 from prefbench.methods import register, scaled_by_strength
-from prefbench.methods.base import BatchLogps, LossOutput, Method, log_ratios
+from prefbench.methods.base import BatchLogps, LossOutput, PairedReferenceMethod, log_ratios
 
 
 @register
 @dataclass
-class DPONorm(Method):
+class DPONorm(PairedReferenceMethod):
     """L = -log sigma(beta (h(yw)/|yw| - h(yl)/|yl|)), h(y) = S_theta(y) - S_ref(y)."""
 
     beta: float = scaled_by_strength(1.0)
     name = "dpo_norm"
-    view = "paired"
-    needs_reference = True
-    init = "sft"
-
-    def __post_init__(self):
-        self.require_positive(beta=self.beta)
 
     def loss(self, policy: BatchLogps, reference: BatchLogps | None) -> LossOutput:
         chosen, rejected = log_ratios(policy, reference, normalise=True)

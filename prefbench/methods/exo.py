@@ -11,24 +11,20 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from prefbench.methods import register, scaled_by_strength
-from prefbench.methods.base import BatchLogps, LossOutput, Method, log_ratios
+from prefbench.methods import register
+from prefbench.methods.base import BatchLogps, LossOutput, PairedReferenceMethod, log_ratios
 
 
 @register
 @dataclass
-class EXO(Method):
+class EXO(PairedReferenceMethod):
     """L = sigma(z) (log sigma(z) - log(1 - eps)) + sigma(-z) (log sigma(-z) - log eps), z = beta (h(yw) - h(yl))."""
 
-    beta: float = scaled_by_strength(0.1)
     eps: float = 1e-3
     name = "exo"
-    view = "paired"
-    needs_reference = True
-    init = "sft"
 
     def __post_init__(self):
-        self.require_positive(beta=self.beta)
+        super().__post_init__()
         if not 0 < self.eps < 1:
             raise ValueError(f"method.eps must be in (0, 1) (got {self.eps})")
 

@@ -13,27 +13,23 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from prefbench.methods import register, scaled_by_strength
-from prefbench.methods.base import BatchLogps, LossOutput, Method, log_ratios
+from prefbench.methods import register
+from prefbench.methods.base import BatchLogps, LossOutput, PairedReferenceMethod, log_ratios
 
 DIVERGENCES = ("reverse_kl", "forward_kl", "js", "alpha")
 
 
 @register
 @dataclass
-class FDPO(Method):
+class FDPO(PairedReferenceMethod):
     """L = -log sigma(beta (f'(u_w) - f'(u_l))), u = pi_theta(y) / pi_ref(y)."""
 
-    beta: float = scaled_by_strength(0.1)
     divergence: str = "js"
     alpha: float = 0.5
     name = "fdpo"
-    view = "paired"
-    needs_reference = True
-    init = "sft"
 
     def __post_init__(self):
-        self.require_positive(beta=self.beta)
+        super().__post_init__()
         if self.divergence not in DIVERGENCES:
             raise ValueError(f"method.divergence must be one of {', '.join(DIVERGENCES)} (got {self.divergence!r})")
         if self.divergence == "alpha" and not 0 < self.alpha < 1:

@@ -8,22 +8,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from prefbench.methods import register, scaled_by_strength
-from prefbench.methods.base import BatchLogps, LossOutput, Method
+from prefbench.methods.base import BatchLogps, LossOutput, PairedReferenceMethod
 
 
 @register
 @dataclass
-class IPO(Method):
+class IPO(PairedReferenceMethod):
     """L = (h - 1/(2 beta))^2,  h = [A_theta(yw) - A_ref(yw)] - [A_theta(yl) - A_ref(yl)]."""
 
     beta: float = scaled_by_strength(0.5)  # target gap 1/(2 beta) = 1 nat per token; TRL's 0.1 asks for 5
     name = "ipo"
-    view = "paired"
-    needs_reference = True
-    init = "sft"
-
-    def __post_init__(self):
-        self.require_positive(beta=self.beta)
 
     def loss(self, policy: BatchLogps, reference: BatchLogps | None) -> LossOutput:
         h = (policy.chosen.mean - reference.chosen.mean) - (policy.rejected.mean - reference.rejected.mean)

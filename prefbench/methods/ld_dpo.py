@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from prefbench.methods import register, scaled_by_strength
-from prefbench.methods.base import BatchLogps, LossOutput, Method, SeqLogps
+from prefbench.methods import register
+from prefbench.methods.base import BatchLogps, LossOutput, PairedReferenceMethod, SeqLogps
 
 
 def desensitised(seq: SeqLogps, shared: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -25,19 +25,15 @@ def desensitised(seq: SeqLogps, shared: torch.Tensor, alpha: float) -> torch.Ten
 
 @register
 @dataclass
-class LDDPO(Method):
+class LDDPO(PairedReferenceMethod):
     """L = -log sigma(beta [(S'_theta(yw) - S'_ref(yw)) - (S'_theta(yl) - S'_ref(yl))]), S' as in ``desensitised``."""
 
-    beta: float = scaled_by_strength(0.1)
     alpha: float = 0.5
     name = "ld_dpo"
-    view = "paired"
-    needs_reference = True
-    init = "sft"
     statistics = frozenset({"tokens"})
 
     def __post_init__(self):
-        self.require_positive(beta=self.beta)
+        super().__post_init__()
         if not 0 <= self.alpha <= 1:
             raise ValueError(f"method.alpha must be in [0, 1] (got {self.alpha})")
 

@@ -9,23 +9,16 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from prefbench.methods import register, scaled_by_strength
-from prefbench.methods.base import BatchLogps, LossOutput, Method, log_ratios
+from prefbench.methods import register
+from prefbench.methods.base import BatchLogps, LossOutput, PairedReferenceMethod, log_ratios
 
 
 @register
 @dataclass
-class NCA(Method):
+class NCA(PairedReferenceMethod):
     """L = -log sigma(r(yw)) - 1/2 log sigma(-r(yw)) - 1/2 log sigma(-r(yl)), r(y) = beta (S_theta(y) - S_ref(y))."""
 
-    beta: float = scaled_by_strength(0.1)
     name = "nca"
-    view = "paired"
-    needs_reference = True
-    init = "sft"
-
-    def __post_init__(self):
-        self.require_positive(beta=self.beta)
 
     def loss(self, policy: BatchLogps, reference: BatchLogps | None) -> LossOutput:
         chosen, rejected = (self.beta * h for h in log_ratios(policy, reference))

@@ -8,24 +8,20 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from prefbench.methods import register, scaled_by_strength
-from prefbench.methods.base import BatchLogps, LossOutput, Method, log_ratios
+from prefbench.methods import register
+from prefbench.methods.base import BatchLogps, LossOutput, PairedReferenceMethod, log_ratios
 
 
 @register
 @dataclass
-class RobustDPO(Method):
+class RobustDPO(PairedReferenceMethod):
     """L = [-(1 - eps) log sigma(beta h) + eps log sigma(-beta h)] / (1 - 2 eps), h = h(yw) - h(yl)."""
 
-    beta: float = scaled_by_strength(0.1)
     eps: float = 0.1
     name = "robust_dpo"
-    view = "paired"
-    needs_reference = True
-    init = "sft"
 
     def __post_init__(self):
-        self.require_positive(beta=self.beta)
+        super().__post_init__()
         if not 0 <= self.eps < 0.5:
             raise ValueError(f"method.eps must be in [0, 0.5) (got {self.eps})")
 

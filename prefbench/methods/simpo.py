@@ -10,23 +10,17 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 
 from prefbench.methods import register
-from prefbench.methods.base import BatchLogps, LossOutput, Method
+from prefbench.methods.base import BatchLogps, LossOutput, PairedReferenceFreeMethod
 
 
 @register
 @dataclass
-class SimPO(Method):
+class SimPO(PairedReferenceFreeMethod):
     """L = -log sigma(beta * A_theta(yw) - beta * A_theta(yl) - gamma), A(y) = S(y) / |y|."""
 
     beta: float = 2.0
     gamma: float = 1.0
     name = "simpo"
-    view = "paired"
-    needs_reference = False
-    init = "sft"
-
-    def __post_init__(self):
-        self.require_positive(beta=self.beta)
 
     def loss(self, policy: BatchLogps, reference: BatchLogps | None) -> LossOutput:
         margin = self.beta * (policy.chosen.mean - policy.rejected.mean) - self.gamma

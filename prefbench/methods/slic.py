@@ -11,23 +11,17 @@ from dataclasses import dataclass
 import torch
 
 from prefbench.methods import register
-from prefbench.methods.base import BatchLogps, LossOutput, Method
+from prefbench.methods.base import BatchLogps, LossOutput, PairedReferenceFreeMethod
 
 
 @register
 @dataclass
-class SLiC(Method):
+class SLiC(PairedReferenceFreeMethod):
     """L = max(0, 1 - beta * (S_theta(yw) - S_theta(yl))) + lam * NLL(yw), NLL the token mean."""
 
     beta: float = 1.0
     lam: float = 0.1
     name = "slic"
-    view = "paired"
-    needs_reference = False
-    init = "sft"
-
-    def __post_init__(self):
-        self.require_positive(beta=self.beta)
 
     def loss(self, policy: BatchLogps, reference: BatchLogps | None) -> LossOutput:
         hinge = torch.relu(1 - self.beta * (policy.chosen.sum - policy.rejected.sum)).mean()

@@ -7,23 +7,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prefbench.methods import register, scaled_by_strength
-from prefbench.methods.base import BatchLogps, LossOutput, Method, log_ratios
+from prefbench.methods import register
+from prefbench.methods.base import BatchLogps, LossOutput, PairedReferenceMethod, log_ratios
 
 
 @register
 @dataclass
-class SPPOHard(Method):
+class SPPOHard(PairedReferenceMethod):
     """L = (h(yw) - 1/(2 beta))^2 + (h(yl) + 1/(2 beta))^2, h(y) = S_theta(y) - S_ref(y)."""
 
-    beta: float = scaled_by_strength(0.1)
     name = "sppo_hard"
-    view = "paired"
-    needs_reference = True
-    init = "sft"
-
-    def __post_init__(self):
-        self.require_positive(beta=self.beta)
 
     def loss(self, policy: BatchLogps, reference: BatchLogps | None) -> LossOutput:
         chosen, rejected = log_ratios(policy, reference)

@@ -13,29 +13,25 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from prefbench.methods import log_ratios, register, scaled_by_strength
-from prefbench.methods.base import BatchLogps, LossOutput, Method
+from prefbench.methods import log_ratios, register
+from prefbench.methods.base import BatchLogps, LossOutput, PairedReferenceMethod
 
 
 @register
 @dataclass
-class TDPO(Method):
+class TDPO(PairedReferenceMethod):
     """TDPO1: L = -log sigma(beta [(h(yw) - h(yl)) - (D(yl) - D(yw))]);
     TDPO2: L = -log sigma(beta [(h(yw) - h(yl)) - alpha (D(yl) - sg(D(yw)))]),
     h(y) = S_theta(y) - S_ref(y), D(y) = D_SeqKL(x, y; pi_ref || pi_theta), sg: stop-gradient.
     """
 
-    beta: float = scaled_by_strength(0.1)
     alpha: float = 0.5
     version: int = 2
     name = "tdpo"
-    view = "paired"
-    needs_reference = True
-    init = "sft"
     statistics = frozenset({"reference_kl"})
 
     def __post_init__(self):
-        self.require_positive(beta=self.beta)
+        super().__post_init__()
         if self.version not in (1, 2):
             raise ValueError(f"method.version must be 1 or 2 (got {self.version})")
         if self.version == 2 and not self.alpha >= 0:

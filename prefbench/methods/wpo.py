@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from prefbench.methods import log_ratios, register, scaled_by_strength
-from prefbench.methods.base import BatchLogps, LossOutput, Method, SeqLogps
+from prefbench.methods import log_ratios, register
+from prefbench.methods.base import BatchLogps, LossOutput, PairedReferenceMethod, SeqLogps
 
 
 def aligned_weight(seq: SeqLogps) -> torch.Tensor:
@@ -27,18 +27,11 @@ def aligned_weight(seq: SeqLogps) -> torch.Tensor:
 
 @register
 @dataclass
-class WPO(Method):
+class WPO(PairedReferenceMethod):
     """L = mean_i w(x, yw_i) w(x, yl_i) * -log sigma(beta [h(yw_i) - h(yl_i)]), h(y) = S_theta(y) - S_ref(y)."""
 
-    beta: float = scaled_by_strength(0.1)
     name = "wpo"
-    view = "paired"
-    needs_reference = True
-    init = "sft"
     statistics = frozenset({"tokens", "collision"})
-
-    def __post_init__(self):
-        self.require_positive(beta=self.beta)
 
     def loss(self, policy: BatchLogps, reference: BatchLogps | None) -> LossOutput:
         h_w, h_l = log_ratios(policy, reference)
