@@ -59,7 +59,7 @@ REF_CHOSEN, REF_REJECTED = torch.tensor([-10.0, -12.0, -7.0]), torch.tensor([-11
 def test_dpo_and_ipo_match_trl(tok, model, loss_type, name, beta, tmp_path, logps):
     from trl import DPOConfig, DPOTrainer
 
-    args = DPOConfig(output_dir=str(tmp_path), precompute_ref_log_probs=True, loss_type=[loss_type], beta=beta,
+    args = DPOConfig(output_dir=str(tmp_path), bf16=False, precompute_ref_log_probs=True, loss_type=[loss_type], beta=beta,
                      report_to=[], use_cpu=True, per_device_train_batch_size=4, disable_tqdm=True)
     trainer = DPOTrainer(model=model, args=args, train_dataset=conversational(ROWS), processing_class=tok)
     batch = pad_batch(PAIRS, [0, 1, 2], ("chosen", "rejected"), tok.pad_token_id)
@@ -80,7 +80,7 @@ def test_kto_matches_trl(tok, model, tmp_path, logps):
     unpaired = Dataset.from_list(
         [{"prompt": [{"role": "user", "content": r["prompt"]}], "completion": [{"role": "assistant", "content": r[k]}],
           "label": k == "chosen"} for r in ROWS for k in ("chosen", "rejected")])
-    args = KTOConfig(output_dir=str(tmp_path), precompute_ref_log_probs=True, beta=0.2, desirable_weight=1.5,
+    args = KTOConfig(output_dir=str(tmp_path), bf16=False, precompute_ref_log_probs=True, beta=0.2, desirable_weight=1.5,
                      undesirable_weight=0.7, report_to=[], use_cpu=True, per_device_train_batch_size=4,
                      disable_tqdm=True)
     trainer = KTOTrainer(model=model, args=args, train_dataset=unpaired, processing_class=tok)
@@ -114,7 +114,7 @@ def test_kto_matches_trl(tok, model, tmp_path, logps):
 def test_orpo_odds_ratio_matches_trl(tok, model, tmp_path, logps):
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-    args = ORPOConfig(output_dir=str(tmp_path), beta=0.25, report_to=[], use_cpu=True, max_length=64,
+    args = ORPOConfig(output_dir=str(tmp_path), bf16=False, beta=0.25, report_to=[], use_cpu=True, max_length=64,
                       disable_tqdm=True)
     trainer = ORPOTrainer(model=model, args=args, train_dataset=conversational(ROWS), processing_class=tok)
     batch = pad_batch(PAIRS, [0, 1, 2], ("chosen", "rejected"), tok.pad_token_id)

@@ -69,7 +69,7 @@ def roles(stats, ref_chosen, ref_rejected):
 def test_dpo_family_matches_trl(tok, model, name, params, trl, tmp_path, logps):
     from trl import DPOConfig, DPOTrainer
 
-    args = DPOConfig(output_dir=str(tmp_path), precompute_ref_log_probs=True, report_to=[], use_cpu=True,
+    args = DPOConfig(output_dir=str(tmp_path), bf16=False, precompute_ref_log_probs=True, report_to=[], use_cpu=True,
                      per_device_train_batch_size=4, disable_tqdm=True, **({"beta": 0.1} | trl))
     trainer = DPOTrainer(model=model, args=args, train_dataset=conversational(ROWS), processing_class=tok)
     batch = pad_batch(PAIRS, [0, 1, 2], ("chosen", "rejected"), tok.pad_token_id)
@@ -105,7 +105,7 @@ def test_ld_dpo_matches_trl(tok, model, tmp_path):
         for role in by_hand:
             tokens = reference[role].tokens[i, : int(reference[role].n_tokens[i])].tolist()
             by_hand[role].append(sum(tokens[:shared]) + alpha * sum(tokens[shared:]))
-    args = DPOConfig(output_dir=str(tmp_path), ld_alpha=alpha, beta=0.1, precompute_ref_log_probs=True, report_to=[],
+    args = DPOConfig(output_dir=str(tmp_path), bf16=False, ld_alpha=alpha, beta=0.1, precompute_ref_log_probs=True, report_to=[],
                      use_cpu=True, per_device_train_batch_size=4, disable_tqdm=True)
     trainer = DPOTrainer(model=model, args=args, train_dataset=conversational(ROWS), processing_class=tok)
     theirs = trainer._compute_loss(trainer.model, {
@@ -130,7 +130,7 @@ CPO_FAMILY = [  # prefbench method and params, TRL CPOConfig settings, whether T
 def test_cpo_family_matches_trl(tok, model, name, params, trl, average, tmp_path, logps):
     from trl.experimental.cpo import CPOConfig, CPOTrainer
 
-    args = CPOConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, max_length=64, disable_tqdm=True, **trl)
+    args = CPOConfig(output_dir=str(tmp_path), bf16=False, report_to=[], use_cpu=True, max_length=64, disable_tqdm=True, **trl)
     trainer = CPOTrainer(model=model, args=args, train_dataset=conversational(ROWS), processing_class=tok)
     batch = pad_batch(PAIRS, [0, 1, 2], ("chosen", "rejected"), tok.pad_token_id)
     stats = logps(trainer.model, batch)
@@ -148,7 +148,7 @@ def test_cpo_family_matches_trl(tok, model, name, params, trl, average, tmp_path
 def test_orpo_with_the_prompt_in_its_nll_matches_trls_whole_loss(tok, model, tmp_path, logps):
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-    args = ORPOConfig(output_dir=str(tmp_path), beta=0.25, report_to=[], use_cpu=True, max_length=64, disable_tqdm=True)
+    args = ORPOConfig(output_dir=str(tmp_path), bf16=False, beta=0.25, report_to=[], use_cpu=True, max_length=64, disable_tqdm=True)
     trainer = ORPOTrainer(model=model, args=args, train_dataset=conversational(ROWS), processing_class=tok)
     batch = pad_batch(PAIRS, [0, 1, 2], ("chosen", "rejected"), tok.pad_token_id)
     labels = batch.input_ids.masked_fill(batch.completion_mask == 0, -100)
