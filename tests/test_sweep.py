@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from prefbench.job.sweep import job_status
 from prefbench.report.build import load_runs
 from tests.conftest import REPO, SMOKE, install_faults, prefbench, run_dir
 
@@ -58,11 +59,17 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path, shared_cache):
             and time.time() < deadline:
         time.sleep(0.05)
     run = run_dir(tmp_path / "runs", "reviews-tiny-xs-dpo-s0")
+    assert job_status(run)[0] == "running"  # its process holds the run's lock
     time.sleep(0.3)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert summary(run)["status"] == "running"  # what a killed job leaves behind
-    prefbench(*args)
+    assert summary(run)["status"] == "running" and summary(run)["phase"] == "training"  # what a killed job leaves
+    status, error = job_status(run)  # nobody holds the lock: the report, the sweep and the console say so
+    assert status == "killed" and error.startswith("killed during training: no process runs it any more")
+    report = prefbench("report", str(tmp_path / "runs"), check=False)
+    assert report.returncode == 1 and "1 of 1 jobs are not done: 1 killed." in report.stdout
+    again = prefbench(*args)
+    assert "its last run was killed during training; running it again" in again.stderr
     s = summary(run)
     assert s["status"] == "done" and 10 <= s["resumed_from_step"] < 200
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]

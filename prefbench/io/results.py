@@ -80,3 +80,15 @@ class MetricsLog:
     def append(self, row: dict) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(_clean(row)) + "\n")
+
+
+def lock_held(path: str | Path) -> bool:
+    """Whether a live process holds the lock file ``path``. The kernel releases a process's locks when it dies,
+    however it dies (out of memory, kill -9, a preempted node), so a lock nobody holds has no owner left."""
+    from filelock import FileLock, Timeout
+
+    try:
+        with FileLock(str(path), blocking=False):
+            return False
+    except Timeout:
+        return True

