@@ -12,7 +12,7 @@ from __future__ import annotations
 
 LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("io", "files and caches every step uses",
-     ("errors", "faults", "results", "checkpoint", "naming", "hub", "stages")),
+     ("errors", "faults", "bars", "results", "checkpoint", "naming", "hub", "stages")),
     ("data", "rows -> cleaned pairs -> tokens -> method views",
      ("tasks", "formats", "clean", "tokenizer", "views", "sources", "prepare")),
     ("model", "models, padding-free forwards, log-probs, FLOPs",
@@ -20,7 +20,7 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("train", "the one trainer",
      ("refcache", "metrics", "batches", "distributed", "reuse", "trainer")),
     ("eval", "samples, judges, online rollouts, metrics, frontiers",
-     ("spec", "embedder", "metrics", "frontier", "llm_judge", "sampling", "judges", "rollout", "curve",
+     ("spec", "embedder", "metrics", "frontier", "llm_judge", "sampling", "reward_model", "judges", "rollout", "curve",
       "evaluate")),
     ("job", "a config -> a run folder; sweeps",
      ("config", "sweep", "pipeline", "track", "reeval", "export", "progress", "run")),

@@ -50,12 +50,29 @@ def test_every_method_trains_end_to_end_through_the_cli(tmp_path, shared_cache):
     assert (tmp_path / "default" / "report" / "index.html").exists()
 
 
-def test_second_run_hits_the_reference_cache(tmp_path, shared_cache):
-    args = ["run", "method=dpo", f"results_dir={tmp_path}", f"cache_dir={tmp_path / 'cache'}", *SMOKE]
+def test_the_reference_pass_scores_only_the_rows_a_run_trains_on(tmp_path):
+    """4 steps of 4 pairs score at most 16 of the ~140 training pairs; the same run again scores none; a
+    run of 8 steps scores only the rows the first one lacks, and the cache then holds exactly its rows."""
+    args = ["run", "method=dpo", f"results_dir={tmp_path}", f"cache_dir={tmp_path / 'cache'}", *SMOKE,
+            "trainer.batch_size=4"]
+
+    def summary():
+        return json.loads(next((tmp_path / "runs").glob("*dpo*/summary.json")).read_text())
+
     prefbench(*args)
+    first = summary()
+    assert first["reference_cache_hit"] is False and 0 < first["cost/reference_rows_scored"] <= 16
+    assert first["data/prompts/train"] > 100
     prefbench(*args, "force=true")
-    summary = json.loads(next((tmp_path / "runs").glob("*dpo*/summary.json")).read_text())
-    assert summary["reference_cache_hit"] is True
+    assert (summary()["reference_cache_hit"], summary()["cost/reference_rows_scored"]) == (True, 0)
+    prefbench(*args, "trainer.steps=8", "trainer.checkpoint_every=0", "force=true")
+    longer = next(s for s in map(lambda p: json.loads(p.read_text()), (tmp_path / "runs").glob("*/summary.json"))
+                  if s["train/step"] == 8)
+    assert longer["reference_cache_hit"] is False and 0 < longer["cost/reference_rows_scored"] <= 16
+    (cached,) = (tmp_path / "cache" / "reflogps").glob("*.safetensors")
+    from safetensors.torch import load_file
+    assert int(load_file(cached)["scored"].sum()) == first["cost/reference_rows_scored"] + \
+        longer["cost/reference_rows_scored"] <= 32
 
 
 def test_reference_cache_skips_the_reference_forward(tmp_path):

@@ -118,9 +118,11 @@ def test_held_out_rows_never_reach_the_tokenizer_or_base_corpus(tmp_path, monkey
         cfg = compose_config(["task=file", f"task.path={path}", f"cache_dir={tmp_path / 'cache'}", f"seed={seed}",
                               *FILE_SMOKE, "stages.base.steps=2", "task.eval_size=10"])
         group = pipeline.prepare(cfg)
-        held_out = [p[0]["content"] for split in (group.data.eval, group.data.val) for p in split["prompt"]]
+        held_out = [p[0]["content"] for split in (group.data.eval, group.data.val, group.data.judge)
+                    for p in split["prompt"]]
         trained = [p[0]["content"] for p in group.data.train["prompt"]]
-        assert len(group.data.eval) == 10 and len(group.data.val) == 10 and len(trained) == 30  # val: 50 // 5
+        # val and judge (judge=bt's own split): 50 // 5 each
+        assert [len(group.data.eval), len(group.data.val), len(group.data.judge), len(trained)] == [10, 10, 10, 20]
         for stage in ("tokenizer", "base"):
             text = "\n".join(seen[stage])
             assert not [p for p in held_out if f"{p}\"" in text or f"{p} " in text], stage
@@ -130,7 +132,7 @@ def test_held_out_rows_never_reach_the_tokenizer_or_base_corpus(tmp_path, monkey
 
 
 def test_unpaired_data_is_judged_by_a_reward_model_trained_with_bce(tmp_path):
-    from prefbench.eval.judges import RewardModelJudge, train_binary
+    from prefbench.eval.reward_model import RewardModelJudge, train_binary
 
     tok = train_bpe(["q good bad answer"] * 10, 280)
     torch.manual_seed(0)

@@ -13,7 +13,8 @@ from transformers import LlamaConfig, LlamaForSequenceClassification
 from prefbench.job.config import compose_config
 from prefbench.data.tasks import get_task
 from prefbench.data.tokenizer import train_bpe
-from prefbench.eval.judges import LLMJudge, RewardModelJudge, bt_stage
+from prefbench.eval.judges import LLMJudge
+from prefbench.eval.reward_model import RewardModelJudge, bt_stage
 from prefbench.io.errors import UserError
 from prefbench.job.pipeline import prepare
 from tests.conftest import SMOKE
@@ -103,6 +104,23 @@ def test_bradley_terry_stage_ranks_held_out_chosen_above_rejected(shared_cache):
     rejected = judge.score(list(ev["prompt"]), list(ev["rejected_text"]))
     accuracy = sum(c > r for c, r in zip(chosen, rejected)) / len(chosen)
     assert accuracy >= 0.7, accuracy
+
+
+def test_the_bt_judge_learns_from_its_own_split_disjoint_from_the_policys(tmp_path):
+    from prefbench.data.prepare import prompt_key
+    from prefbench.io.stages import stage_info
+
+    cfg = compose_config(SMOKE + ["judge=bt", f"cache_dir={tmp_path}", "task.judge_size=20", "judge.train.steps=2"])
+    group = prepare(cfg)
+    prompts = {split: {prompt_key(p) for p in getattr(group.data, split)["prompt"]}
+               for split in ("train", "val", "eval", "judge")}
+    assert len(prompts["judge"]) == 20 == group.data.counts["prompts/judge"]
+    assert not prompts["judge"] & (prompts["train"] | prompts["val"] | prompts["eval"])
+    info = stage_info(bt_stage(cfg, group))
+    assert (info["split"], info["rows"]) == ("judge", len(group.data.judge))
+    without = prepare(compose_config(SMOKE + [f"cache_dir={tmp_path}"]))
+    assert len(without.data.judge) == 0 and "prompts/judge" not in without.data.counts
+    assert len(without.data.train) == len(group.data.train) + len(group.data.judge)  # taken from train only
 
 
 class FakeLLM(http.server.BaseHTTPRequestHandler):

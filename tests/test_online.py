@@ -215,3 +215,19 @@ def test_an_online_method_refuses_a_sampling_temperature_its_log_probs_do_not_us
     with pytest.raises(UserError, match=r"method=grpo trains on its samples with log-probs at temperature 1, so it "
                                         r"samples at eval.temperature=1 too \(got 0.7\)"):
         validate(compose_config(["method=grpo", "model=tiny-xs", "eval.temperature=0.7"]))
+
+
+@pytest.mark.parametrize("method", ["online_dpo", "tdpo"])
+def test_a_lora_run_keeps_its_reference_beside_the_policy(method, tmp_path, shared_cache):
+    """Online DPO scores its samples, and TDPO its vocabulary KL, with the reference running beside a LoRA policy:
+    the start checkpoint under the adapters."""
+    import json as _json
+
+    from tests.conftest import SMOKE, prefbench
+
+    prefbench("run", f"method={method}", "+model.lora={r: 4, alpha: 8}", "trainer.steps=2", "trainer.checkpoint_every=0",
+              f"results_dir={tmp_path}", f"cache_dir={shared_cache}", *[a for a in SMOKE if "trainer.steps" not in a
+                                                                       and "checkpoint_every" not in a])
+    (summary,) = [_json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*/summary.json")]
+    assert summary["status"] == "done", summary.get("error")
+    assert summary["train/step"] == 2

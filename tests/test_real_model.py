@@ -81,3 +81,33 @@ def test_lora_dpo_steps_on_the_real_model(group, tmp_path):
     assert stats["optimizer_steps"] == 2 and torch.isfinite(torch.tensor(stats["final"]["loss"]))
     moved = [k for k, v in policy.named_parameters() if v.requires_grad and not torch.equal(v, before[k])]
     assert moved and all("lora" in k for k in moved)
+
+
+PEAK_SCRIPT = """
+import re, sys, torch
+from prefbench.eval.reward_model import RewardModelJudge, train_bradley_terry
+from prefbench.model.compute import bound_heap
+if sys.argv[2] == "bounded":
+    bound_heap()
+judge = RewardModelJudge(sys.argv[1], new_head=True, max_tokens=4096)
+for p in judge.model.parameters():
+    p.data.add_(0)  # the weights resident before the peak is measured
+open("/proc/self/clear_refs", "w").write("5")
+base = int(re.search(r"VmRSS:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
+words = " ".join(["the film was long and the plot was thin"] * 60)
+train_bradley_terry(judge, [{"prompt": words, "chosen": "good " * 40, "rejected": "bad " * 40}] * 4, 1, 4, 1e-4, 0)
+print((int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) - base) // 1024)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's per-process peak reset")
+def test_a_reward_model_step_on_the_real_model_stays_near_its_live_tensors(group):
+    """One Bradley-Terry step of the real model, every weight trained, over 4 pairs of 512 tokens (4,096 padded
+    tokens, checkpointed): its gradients and AdamW's moments, 12 bytes a parameter (1.6 GB), are nearly all of its
+    peak (1.56 GB measured here). Without ``bound_heap`` glibc's heap fragments and the peak is 3.0 GB."""
+    import subprocess
+    import sys
+
+    peak = int(subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(group.base), "bounded"], capture_output=True,
+                              text=True, check=True).stdout.split()[-1])
+    assert peak < 2200, f"{peak} MB over the resident weights"

@@ -16,8 +16,8 @@ TIMING_KEYS = {"wall_seconds", "cost/train_seconds", "cost/train_tokens_per_s", 
                "cost/train_cpu_seconds", "cost/total_train_cpu_seconds", "cost/eval_cpu_seconds",
                "cost/curve_sample_seconds"}
 # Bookkeeping of how the result was reached, not what it is: the step training resumed from, and
-# whether the reference log-probs came from the cache.
-BOOKKEEPING_KEYS = {"resumed_from_step", "reference_cache_hit"}
+# whether (and how many) reference log-probs came from the cache.
+BOOKKEEPING_KEYS = {"resumed_from_step", "reference_cache_hit", "cost/reference_rows_scored"}
 ARGS = ["run", "method=dpo", *SMOKE]  # 4 steps, checkpoints at 2 and 4, logged at 2 and 4
 RUN = "reviews-tiny-xs-dpo-s0"
 

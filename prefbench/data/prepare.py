@@ -28,24 +28,27 @@ from prefbench.io.errors import UserError
 
 @dataclass
 class CleanData:
-    """Cleaned rows (messages), split by seed and prompt into train, val and eval, and the counts so far."""
+    """Cleaned rows (messages), split by seed and prompt into train, val, eval and judge (the in-suite reward
+    model's own rows), and the counts so far."""
 
     kind: str  # "paired" or "unpaired"
     train: list[dict]
     val: list[dict]
     eval: list[dict]
     counts: Counter = field(default_factory=Counter)
+    judge: list[dict] = field(default_factory=list)
 
 
 @dataclass
 class TokenizedData:
-    """Tokenized train/val/eval splits plus what the cleaning dropped or truncated, by reason."""
+    """Tokenized train/val/eval/judge splits plus what the cleaning dropped or truncated, by reason."""
 
     kind: str  # "paired" or "unpaired"
     train: Dataset
     val: Dataset
     eval: Dataset
     counts: Counter = field(default_factory=Counter)
+    judge: Dataset | None = None  # None or empty: no judge split (task.judge_size 0)
 
 
 class Renderer:
@@ -101,8 +104,9 @@ def clean_split(rows: list[dict], cfg, seed: int, source: str, counts: Counter |
     drops of earlier steps (unreadable lines, unmappable rows). Raises when no valid row is left.
 
     The split draws whole prompts (``prompt_key``): ``cfg.eval_size`` prompts for eval, then
-    ``cfg.val_size`` (default 0) for val, each at most a fifth of the distinct prompts; every row of a
-    prompt goes with it, so the eval prompts do not depend on ``val_size``."""
+    ``cfg.val_size`` (default 0) for val, then ``cfg.judge_size`` (default 0) for judge (the rows a judge
+    trained in the suite learns from: disjoint from the policy's), each at most a fifth of the distinct prompts;
+    every row of a prompt goes with it, so the eval prompts depend on neither of the others."""
     counts = Counter(counts or {})
     counts["rows_in"] = len(rows) + sum(v for k, v in counts.items() if k.startswith("drop/"))
     kind, rows = clean_rows(rows, counts, cfg.get("max_chars"))
@@ -115,11 +119,13 @@ def clean_split(rows: list[dict], cfg, seed: int, source: str, counts: Counter |
         random.Random(seed).shuffle(rows)
     n_eval = min(int(cfg.eval_size), len(prompts) // 5)
     n_val = min(int(cfg.get("val_size") or 0), len(prompts) // 5)
-    split = dict.fromkeys(prompts[:n_eval], "eval") | dict.fromkeys(prompts[n_eval: n_eval + n_val], "val")
-    parts = {"train": [], "val": [], "eval": []}
+    n_judge = min(int(cfg.get("judge_size") or 0), len(prompts) // 5)
+    split = (dict.fromkeys(prompts[:n_eval], "eval") | dict.fromkeys(prompts[n_eval: n_eval + n_val], "val")
+             | dict.fromkeys(prompts[n_eval + n_val: n_eval + n_val + n_judge], "judge"))
+    parts = {"train": [], "val": [], "eval": [], "judge": []}
     for row in rows:
         parts[split.get(prompt_key(row["prompt"]), "train")].append(row)
-    return CleanData(kind, parts["train"], parts["val"], parts["eval"], counts)
+    return CleanData(kind, parts["train"], parts["val"], parts["eval"], counts, parts["judge"])
 
 
 def prompt_key(prompt: Messages) -> str:
@@ -145,14 +151,14 @@ def load_clean(task_cfg, seed: int) -> tuple[CleanData, str]:
 
 
 def render(clean: CleanData, tokenizer, cfg, source: str) -> TokenizedData:
-    """Tokenize the splits of ``clean`` (eval rows first in ``idx`` order, then val, then train);
+    """Tokenize the splits of ``clean`` (eval rows first in ``idx`` order, then val, train, judge);
     truncations and rows too long to keep any completion token are counted, and so are each split's
     distinct prompts (``prompts/<split>``)."""
     counts = Counter(clean.counts)
     renderer = Renderer(tokenizer, int(cfg.max_length), int(cfg.max_prompt_length), bool(cfg.get("drop_overlong")))
     fields = ("completion",) if clean.kind == "unpaired" else ("chosen", "rejected")
     splits = {}
-    for name in ("eval", "val", "train"):
+    for name in ("eval", "val", "train", "judge"):
         rendered = []
         for row in getattr(clean, name):
             r = renderer.render(row, fields, counts)
@@ -161,15 +167,16 @@ def render(clean: CleanData, tokenizer, cfg, source: str) -> TokenizedData:
                 r.update({f"{f}_text": "".join(m["content"] for m in row[f]) for f in fields})
                 rendered.append(r)
         splits[name] = rendered
-        counts[f"prompts/{name}"] = len({prompt_key(r["prompt"]) for r in rendered})
-    for i, r in enumerate(splits["eval"] + splits["val"] + splits["train"]):
+        if name != "judge" or rendered:
+            counts[f"prompts/{name}"] = len({prompt_key(r["prompt"]) for r in rendered})
+    for i, r in enumerate(splits["eval"] + splits["val"] + splits["train"] + splits["judge"]):
         r["idx"] = i
     if not splits["train"]:
         raise UserError(f"{source}: no training rows left after cleaning and the eval/val splits")
     counts["rows_kept"] = sum(map(len, splits.values()))
     train = Dataset.from_list(splits["train"])
-    held_out = {k: Dataset.from_list(splits[k]) if splits[k] else train.select([]) for k in ("val", "eval")}
-    return TokenizedData(clean.kind, train, held_out["val"], held_out["eval"], counts)
+    held_out = {k: Dataset.from_list(splits[k]) if splits[k] else train.select([]) for k in ("val", "eval", "judge")}
+    return TokenizedData(clean.kind, train, held_out["val"], held_out["eval"], counts, held_out["judge"])
 
 
 def tokenize(rows: list[dict], tokenizer, cfg, seed: int, source: str, counts: Counter | None = None,

@@ -220,6 +220,8 @@ def _cut(value, n: int, from_end: bool):
 def task_spec(task_cfg: DictConfig) -> dict:
     """The task's settings, and a built-in task's version, as cached stages' keys see them."""
     spec = OmegaConf.to_container(task_cfg, resolve=True)
+    if not spec.get("judge_size"):  # no judge split: the same stages as a task config without the key
+        spec.pop("judge_size", None)
     if spec.get("source", "builtin") == "builtin" and spec.get("builtin"):
         spec["task_version"] = get_task(spec["builtin"]).version
     return spec

@@ -13,6 +13,7 @@ import torch
 from transformers import GenerationConfig
 
 from prefbench.eval.spec import SamplingSpec
+from prefbench.io.bars import bar
 
 
 def stream_seed(seed: int, stream: str) -> int:
@@ -61,7 +62,8 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], sampling: SamplingSp
     with torch.random.fork_rng(devices=devices), _no_model_defaults(model):
         torch.manual_seed(stream_seed(seed, stream))
         per_call = max(1, sampling.batch_size * sampling.samples_per_prompt // k)
-        for start in range(0, len(prompt_ids), per_call):
+        starts = range(0, len(prompt_ids), per_call)
+        for start in bar(starts, f"sampling ({stream})", unit="call"):
             chunk = prompt_ids[start: start + per_call]
             width = max(map(len, chunk))
             ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=device)  # left padding

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from prefbench.io.faults import kill_point
 from prefbench.io.results import read_json, write_json
@@ -44,19 +44,36 @@ def build_stage(cache_dir: str | Path, kind: str, spec: dict, build: Callable[[P
     with FileLock(str(path) + ".lock"):
         if (path / "stage.json").exists():
             return path
+        remove_abandoned(path.parent)
         tmp = path.with_name(path.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # this stage's own, left by a builder killed from outside
         tmp.mkdir()
         t0, c0 = time.perf_counter(), time.process_time()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(hashlib.sha256(path.name.encode()).hexdigest()[:15], 16))
-            stats = build(tmp) or {}
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(hashlib.sha256(path.name.encode()).hexdigest()[:15], 16))
+                stats = build(tmp) or {}
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         kill_point(f"stage_build:{kind}")
         write_json(tmp / "stage.json", {"kind": kind, "spec": spec, "seconds": time.perf_counter() - t0,
                                           "cpu_seconds": time.process_time() - c0, **stats})
         shutil.rmtree(path, ignore_errors=True)
         tmp.rename(path)
     return path
+
+
+def remove_abandoned(stages: Path) -> None:
+    """Remove the half-built ``*.tmp`` folders under ``stages`` whose builder is gone (a process killed from
+    outside cannot clean up after itself): those whose stage lock nobody holds."""
+    for tmp in stages.glob("*.tmp"):
+        lock = FileLock(str(tmp.with_suffix("")) + ".lock")
+        try:
+            with lock.acquire(timeout=0):
+                shutil.rmtree(tmp, ignore_errors=True)
+        except Timeout:
+            continue  # being built right now
 
 
 def stage_info(path: str | Path) -> dict:

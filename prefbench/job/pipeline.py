@@ -21,6 +21,7 @@ from prefbench.data.views import View, build_view, pad_batch
 from prefbench.io.errors import UserError
 from prefbench.io.stages import build_stage, stage_key
 from prefbench.job.config import method_from_config
+from prefbench.model.compute import release_memory
 from prefbench.model.logprobs import sequence_logps
 from prefbench.model.models import (attach_lora, from_scratch, load_model, load_pretrained, model_folder, n_params,
                                     save_model)
@@ -126,7 +127,9 @@ class Group:
             save_model(model.merge_and_unload() if lora else model, self.tokenizer, tmp)
             return {"train": stats}
 
-        return build_stage(cfg.cache_dir, "sft", spec, build)
+        stage = build_stage(cfg.cache_dir, "sft", spec, build)
+        release_memory()
+        return stage
 
 
 def prepare(cfg: DictConfig) -> Group:
@@ -159,7 +162,9 @@ def _gguf_stage(cfg: DictConfig) -> Path:
         save_model(model, tokenizer, tmp)
         return {"n_params": n_params(model)}
 
-    return build_stage(cfg.cache_dir, "gguf", spec, build)
+    stage = build_stage(cfg.cache_dir, "gguf", spec, build)
+    release_memory()
+    return stage
 
 
 def _scratch_stages(cfg: DictConfig, train_rows: list[dict]):

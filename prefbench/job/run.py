@@ -7,26 +7,28 @@
           prepare(cfg)           pipeline: tokenizer, cleaned split, base stage, SFT stage -> Group
           build_view             views: the rows the method trains on
           init_checkpoint        pipeline: start from the base model or the group's SFT stage
+          make_judging           judges: the run's judge (+ the gold reward beside a proxy), before the policy
           build_policy           pipeline: load it (+ LoRA adapters)
-          refcache.cached        the reference's log-probs, once per (start, view)
-          make_judging           judges: the run's judge (+ the gold reward beside a proxy)
+          refcache.cached        the reference's log-probs of the rows it will train on, cached per (start, view)
           Rollout                online methods: fresh samples, judged, scored by the reference
           train                  trainer: the loop, checkpoints, CurveSampler points along training
           evaluate               EvalSpec: samples, judge, win rates, KL, diversity -> samples.jsonl, prompts.jsonl
       summary.json               status done / failed with its error; cost/* and eval/* keys
       log_run                    track: the finished run to the trackers tracker= names (none by default)
 
-A run folder holds config.yaml, metrics.jsonl, checkpoint/, samples.jsonl and summary.json. A job
-whose summary says ``done`` is skipped; an interrupted one resumes from its last checkpoint; a
-failing one records its status and error instead of raising, so a sweep goes on.
+A run folder holds config.yaml, metrics.jsonl, checkpoint/, samples.jsonl, summary.json and run.log (the
+libraries' warnings). A job whose summary says ``done`` is skipped; an interrupted one resumes from its last
+checkpoint; a failing one records its status and error instead of raising, so a sweep goes on.
 """
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 import torch
@@ -40,6 +42,7 @@ from prefbench.eval.evaluate import evaluate
 from prefbench.eval.judges import make_judging
 from prefbench.eval.rollout import Rollout
 from prefbench.eval.spec import EvalSpec
+from prefbench.io.bars import shown as bars_shown
 from prefbench.io.errors import UserError
 from prefbench.io.faults import kill_point
 from prefbench.io.naming import check_sweep_name, settings
@@ -49,10 +52,11 @@ from prefbench.job.config import method_from_config, validate
 from prefbench.job.export import write_hf_files
 from prefbench.job.pipeline import build_policy, init_checkpoint, logprob_probe, offline_flops, prepare, run_spec
 from prefbench.job.track import log_run, requested
-from prefbench.model.compute import peak_memory_mb, reset_peak_memory, training_cost
+from prefbench.model.compute import bound_heap, peak_memory_mb, release_memory, reset_peak_memory, training_cost
 from prefbench.model.models import device as default_device
 from prefbench.model.models import load_model, n_params
 from prefbench.train import refcache
+from prefbench.train.batches import trained_rows
 from prefbench.train.trainer import Callbacks, NonFiniteTraining, Sources, train
 
 def check_job(cfg: DictConfig) -> None:
@@ -71,6 +75,7 @@ def run_job(cfg: DictConfig, run_dir: str | Path) -> dict:
     before any folder is made; a job that fails while running records it in its summary instead."""
     transformers.utils.logging.disable_progress_bar()  # also in launcher worker processes
     transformers.utils.logging.set_verbosity_error()
+    bound_heap()
     check_job(cfg)
     run_dir = Path(run_dir)
     sweep_dir = Path(cfg.results_dir) / cfg.sweep_name
@@ -78,11 +83,25 @@ def run_job(cfg: DictConfig, run_dir: str | Path) -> dict:
         raise UserError(f"run folder {run_dir} is not inside {sweep_dir}")
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        with FileLock(run_dir / ".lock", blocking=False):
+        with FileLock(run_dir / ".lock", blocking=False), warnings_to(run_dir / "run.log"), \
+                bars_shown(bool(cfg.trainer.progress)):
             return _run_locked(cfg, run_dir)
     except Timeout:
         raise UserError(f"{run_dir} is being run by another process right now; "
                         f"its result will appear there") from None
+
+
+@contextlib.contextmanager
+def warnings_to(log_path: Path):
+    """The libraries' warnings during a job go to its ``run.log``, not the console (Python's filters still
+    decide which are shown, e.g. each once per place)."""
+    with warnings.catch_warnings(), log_path.open("a") as log:
+        def show(message, category, filename, lineno, file=None, line=None):
+            log.write(warnings.formatwarning(message, category, filename, lineno, line))
+            log.flush()
+
+        warnings.showwarning = show
+        yield
 
 
 def _run_locked(cfg: DictConfig, run_dir: Path) -> dict:
@@ -139,6 +158,7 @@ def objective_value(cfg, summary: dict):
 
 def enter_phase(run_dir: Path, phase: str) -> None:
     """Record in a running job's summary.json the phase it is in: what a run killed from outside was doing."""
+    release_memory()  # what the last phase freed, so the next one's peak does not sit on top of it
     write_json(run_dir / "summary.json", read_json(run_dir / "summary.json", {}) | {"phase": phase})
 
 
@@ -160,8 +180,11 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict:
     counts = dict(group.data.counts)
     view = build_view(method.view, group.data.kind, group.data.train, int(cfg.seed))
     init, start = init_checkpoint(cfg, group, method)
+    enter_phase(run_dir, "judge")  # before the policy is loaded: a judge trained here has the memory to itself
+    judging = make_judging(cfg, group)
     model = build_policy(cfg, start)
     device = default_device()
+    spec = run_spec(cfg, init, method, group.data)
     reference, ref_hit = None, None
     if method.needs_reference and not method.needs_samples:  # the policy's init; with LoRA, the weights minus adapters
         enter_phase(run_dir, "reference pass")
@@ -169,14 +192,12 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict:
         reference, ref_hit = refcache.cached(
             cfg.cache_dir, stage_key("ref", {"start": str(start)}), view,
             (lambda: model) if lora else (lambda: load_model(start)), group.pad_id, 64, device,
-            context=model.disable_adapter if lora else contextlib.nullcontext, statistics=method.statistics)
-    enter_phase(run_dir, "judge")
-    ref_model, rollout, judging = None, None, make_judging(cfg, group)
-    # the reference runs beside the policy: its distributions are not cached, or it scores fresh samples
+            context=model.disable_adapter if lora else contextlib.nullcontext, statistics=method.statistics,
+            rows=trained_rows(len(view), spec, int(os.environ.get("WORLD_SIZE", "1"))))
+    ref_model, rollout = None, None
+    # the reference runs beside the policy: its distributions are not cached, or it scores fresh samples. With
+    # LoRA too it is the start checkpoint (the policy's weights under its adapters), loaded a second time
     if "reference_kl" in method.statistics or (method.needs_samples and method.needs_reference):
-        if cfg.model.get("lora"):
-            raise UserError(f"method {method.name} runs the reference beside the policy, "
-                            "which LoRA runs do not support yet")
         ref_model = load_model(start).to(device).eval()
     if method.needs_samples:
         train_rows = group.data.train
@@ -189,7 +210,7 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict:
     callbacks = Callbacks(logprob_probe(probe_view, group.pad_id) if probe_view else None,
                           CurveSampler(eval_spec, group, run_dir))
     enter_phase(run_dir, "training")
-    stats = train(model, method, view, run_spec(cfg, init, method, group.data), run_dir, group.pad_id, sources,
+    stats = train(model, method, view, spec, run_dir, group.pad_id, sources,
                   callbacks, desc=run_dir.name)
     if (run_dir / "checkpoint").is_dir() and not cfg.model.get("lora"):  # LoRA weights load through `prefbench export`
         write_hf_files(run_dir / "checkpoint", group.tokenizer, eval_spec)
@@ -199,7 +220,8 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict:
                                                           + rollout.reference_tokens)
     summary = {
         "init": init, "n_params": size, **{f"method/{k}": v for k, v in vars(method).items()},
-        "reference_cache_hit": ref_hit, "resumed_from_step": stats["resumed_from_step"],
+        "reference_cache_hit": ref_hit, "cost/reference_rows_scored": reference.rows_scored if reference else 0,
+        "resumed_from_step": stats["resumed_from_step"],
         **{f"data/{k}": v for k, v in counts.items()},
         **{f"train/{k}": v for k, v in stats["final"].items()},
         "cost/train_seconds": stats["train_seconds"], "cost/train_tokens_per_s": stats["tokens_per_s"],

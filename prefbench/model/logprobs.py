@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from accelerate.utils import extract_model_from_parallel
 
 from prefbench.data.views import PaddedBatch, View, pad_batch
+from prefbench.io.bars import bar
 from prefbench.model.packing import is_packed, packed_attention, packed_inputs, unwrap
 from prefbench.methods import SeqLogps
 from prefbench.methods.base import STATISTICS
@@ -177,13 +178,39 @@ def _per_token(logps: torch.Tensor, rows: torch.Tensor, counts: torch.Tensor) ->
     return out.index_put((sorted_rows, position), logps[order])
 
 
-CACHEABLE = ("tokens", "prompt", "collision")  # the statistics of one model, which score_view can store
+CACHEABLE = ("tokens", "prompt", "collision")
+LOGIT_BYTES = 1 << 28  # float32 logits of one scoring forward, at most (256 MiB): bounds a large vocabulary's pass
+
+
+def _vocab_size(model) -> int:
+    head = unwrap(model).get_output_embeddings()
+    return head.weight.shape[0] if head is not None else unwrap(model).config.vocab_size
+
+
+def _logit_bounded(view: View, rows: list[int], batch_size: int, vocab: int, prompt: bool) -> list[list[int]]:
+    """``rows`` in consecutive batches of at most ``batch_size`` examples whose predicted tokens (completions,
+    and prompts with ``prompt``) times ``vocab`` stay within ``LOGIT_BYTES`` of float32 logits (a single
+    example over it goes alone)."""
+    budget = max(1, LOGIT_BYTES // (4 * vocab))
+    batches: list[list[int]] = []
+    tokens = 0
+    for i in rows:
+        ex = view.examples[i]
+        n = sum(len(ex[r][1]) + prompt * len(ex[r][0]) for r in view.roles if r in ex)
+        if not batches or len(batches[-1]) == batch_size or tokens + n > budget:
+            batches.append([])
+            tokens = 0
+        batches[-1].append(i)
+        tokens += n
+    return batches  # the statistics of one model, which score_view can store
 
 
 @torch.no_grad()
 def score_view(model, view: View, pad_id: int, batch_size: int, device,
-               temperature: float = 1.0, statistics: frozenset[str] = frozenset()) -> dict[str, torch.Tensor]:
-    """``{role}.sum`` and ``{role}.n`` for every example of ``view`` (NaN where an example lacks the role);
+               temperature: float = 1.0, statistics: frozenset[str] = frozenset(),
+               rows: list[int] | None = None, desc: str = "scoring") -> dict[str, torch.Tensor]:
+    """``{role}.sum`` and ``{role}.n`` for every example of ``view`` (NaN where an example lacks the role, and
+    with ``rows``, for the examples not in it: only those are scored);
     the sums at ``temperature`` (see token_logps). With ``statistics`` (of ``CACHEABLE``), also their
     ``SeqLogps`` fields as ``{role}.{field}``: per-token ones (examples, the role's longest completion),
     right-padded with NaN."""
@@ -196,9 +223,11 @@ def score_view(model, view: View, pad_id: int, batch_size: int, device,
         width = max((len(ex[r][1]) for ex in view.examples if r in ex), default=0)
         out |= {f"{r}.{k}": torch.full((len(view),), float("nan")) for k in scalar}
         out |= {f"{r}.{k}": torch.full((len(view), width), float("nan")) for k in per_token}
+    rows = list(range(len(view))) if rows is None else list(rows)
     with packed_attention(model):
-        for start in range(0, len(view), batch_size):
-            batch = pad_batch(view, list(range(start, min(start + batch_size, len(view)))), view.roles, pad_id).to(device)
+        parts = _logit_bounded(view, rows, batch_size, _vocab_size(model), "prompt" in statistics)
+        for part in bar(parts, desc):
+            batch = pad_batch(view, part, view.roles, pad_id).to(device)
             for role, s in sequence_logps(model, batch, temperature, statistics).items():
                 idx = batch.index[role].cpu()
                 out[f"{role}.sum"][idx] = s.sum.float().cpu()

@@ -52,17 +52,18 @@ def from_scratch(cfg: DictConfig, tokenizer, seed: int):
     return AutoModelForCausalLM.from_config(config)
 
 
-def attach_lora(model, lora: DictConfig, seed: int = 0):
+def attach_lora(model, lora: DictConfig, seed: int = 0, task_type: str = "CAUSAL_LM"):
     """Wrap ``model`` with fresh LoRA adapters (peft), drawn from ``seed`` (not from the process's random state,
     which depends on what the process did before, e.g. whether it built a stage). The frozen weights under the
-    adapters are the reference: ``model.disable_adapter()`` gives it back without a second copy in memory."""
+    adapters are the reference: ``model.disable_adapter()`` gives it back without a second copy in memory.
+    ``task_type="SEQ_CLS"``: a reward model's, whose scalar head is trained whole beside the adapters."""
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError as exc:
         raise UserError("model.lora needs peft: pip install 'prefbench[lora]'") from exc
     targets = lora.get("target_modules", "all-linear")
     config = LoraConfig(r=int(lora.get("r", 16)), lora_alpha=int(lora.get("alpha", 32)),
-                        lora_dropout=float(lora.get("dropout", 0.0)), task_type="CAUSAL_LM",
+                        lora_dropout=float(lora.get("dropout", 0.0)), task_type=task_type,
                         target_modules=targets if isinstance(targets, str) else list(targets))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -110,10 +111,25 @@ def dequantized(model):
     model built from its config without the quantization settings."""
     config = copy.deepcopy(model.config)
     del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config, dtype=model.dtype,
-                                             attn_implementation=model.config._attn_implementation)
-    plain.load_state_dict(model.state_dict())
+    with torch.device("meta"):  # no second copy of the weights: the loaded tensors are assigned, not copied
+        plain = AutoModelForCausalLM.from_config(config, dtype=model.dtype,
+                                                 attn_implementation=model.config._attn_implementation)
+    plain.load_state_dict(model.state_dict(), assign=True)
+    for name, buffer in model.named_buffers():  # non-persistent buffers (RoPE's inverse frequencies)
+        owner, _, attr = name.rpartition(".")
+        plain.get_submodule(owner)._buffers[attr] = buffer
+    plain.tie_weights()
     return plain.eval()
+
+
+def set_checkpointing(model, on: bool) -> None:
+    """Activation (gradient) checkpointing on or off, non-reentrant, by whichever name this transformers gives it
+    (``activation_checkpointing_*``; older versions: ``gradient_checkpointing_*``)."""
+    name = "activation" if hasattr(model, "activation_checkpointing_enable") else "gradient"
+    if on:
+        getattr(model, f"{name}_checkpointing_enable")(**{f"{name}_checkpointing_kwargs": {"use_reentrant": False}})
+    else:
+        getattr(model, f"{name}_checkpointing_disable")()
 
 
 def n_params(model) -> int:

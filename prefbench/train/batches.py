@@ -1,6 +1,7 @@
 """A micro-batch: which examples it holds, and the policy's statistics of them by role."""
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import fields, replace
 
@@ -22,6 +23,35 @@ def batch_indices(n: int, batch_size: int, seed: int, micro_step: int, rank: int
         random.Random(seed * 100_003 + epoch).shuffle(order)
     start = (k * world + rank) * batch_size
     return order[start: start + batch_size]
+
+
+def optimizer_steps(spec, n: int, world: int = 1) -> int:
+    """The optimizer steps of a ``TrainSpec``: its ``steps``, or with ``epochs`` set,
+    ceil(epochs * examples / examples per step)."""
+    if not spec.epochs:
+        return spec.steps
+    return max(1, math.ceil(spec.epochs * n / (spec.batch_size * spec.grad_accum * world)))
+
+
+def trained_rows(n: int, spec, world: int = 1) -> list[int]:
+    """The example indices a run of ``spec`` on ``n`` examples trains on (every rank's micro-batches of every
+    step, as the trainer draws them with ``batch_indices``): the rows its cached reference pass must score."""
+    rows: set[int] = set()
+    for micro_step in range(optimizer_steps(spec, n, world) * spec.grad_accum):
+        for rank in range(world):
+            rows.update(batch_indices(n, spec.batch_size, spec.seed, micro_step, rank, world, spec.shuffle))
+        if len(rows) == n:
+            break
+    return sorted(rows)
+
+
+def largest_micro_batch(view: View, batch_size: int) -> tuple[int, int]:
+    """An upper bound on one micro-batch's tokens and predicted (completion) tokens: those of the
+    ``batch_size`` longest examples of the view's trained roles."""
+    roles = view.spec.roles
+    tokens = sorted((sum(len(ex[r][0]) + len(ex[r][1]) for r in roles if r in ex) for ex in view.examples), reverse=True)
+    predicted = sorted((sum(len(ex[r][1]) for r in roles if r in ex) for ex in view.examples), reverse=True)
+    return sum(tokens[:batch_size]), sum(predicted[:batch_size])
 
 
 def forward(model, view: View, indices: list[int], pad_id: int, device, statistics: frozenset[str] = frozenset(),

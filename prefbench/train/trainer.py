@@ -30,9 +30,10 @@ from prefbench.data.views import View
 from prefbench.io.checkpoint import load_checkpoint, save_checkpoint
 from prefbench.io.faults import kill_point
 from prefbench.io.results import MetricsLog
-from prefbench.model.models import make_value_head
+from prefbench.model.compute import check_fits, training_bytes
+from prefbench.model.models import make_value_head, set_checkpointing
 from prefbench.model.packing import packed_attention, unpacked
-from prefbench.train.batches import batch_indices, forward
+from prefbench.train.batches import batch_indices, forward, largest_micro_batch, optimizer_steps
 from prefbench.train.distributed import check_world, gather_batch
 from prefbench.train.metrics import uniform_metrics
 from prefbench.train.refcache import ReferenceLogps
@@ -95,7 +96,7 @@ def enable_checkpointing(model) -> None:
     """Gradient checkpointing of every layer but the last. The last layer's recompute would run first
     in the backward, while every checkpoint is still held: keeping its activations instead costs no
     extra peak memory and saves 1/L of the recompute."""
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    set_checkpointing(model, True)
     layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing]
     if len(layers) > 1:
         layers[-1].gradient_checkpointing = False
@@ -195,7 +196,7 @@ def train(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, pad
     bar.close()
     model = accelerator.unwrap_model(loop.model)
     if spec.gradient_checkpointing:
-        model.gradient_checkpointing_disable()
+        set_checkpointing(model, False)
     model.eval()
     return {"final": loop.last, "train_tokens": loop.tokens, "train_seconds": loop.seconds,
             "train_cpu_seconds": loop.cpu_seconds, "optimizer_steps": spec.steps,
@@ -215,9 +216,13 @@ def _check_sources(method: Method, sources: Sources) -> None:
 def _start(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, sources: Sources) -> _Loop:
     """The accelerator, optimizer and schedule; the checkpoint's weights, totals and method state on a resume."""
     accelerator = make_accelerator(spec)
-    if spec.epochs:
-        per_step = spec.batch_size * spec.grad_accum * accelerator.num_processes
-        spec = replace(spec, steps=max(1, math.ceil(spec.epochs * len(view) / per_step)))
+    spec = replace(spec, steps=optimizer_steps(spec, len(view), accelerator.num_processes))
+    if not method.needs_samples:  # an online run's micro-batches are its samples, bounded by max_new_tokens
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        check_fits(training_bytes(model, trainable, *largest_micro_batch(view, spec.batch_size),
+                                  spec.gradient_checkpointing), "training",
+                   "the micro-batch (trainer.batch_size with trainer.grad_accum, or a stage's stages.<name>.batch_size) "
+                   "or task.max_length, or set trainer.gradient_checkpointing=true")
     torch.manual_seed(spec.seed)
     value_head = make_value_head(model, spec.seed).to(model.device) if "values" in method.statistics else None
     trained = [model] + [value_head] * (value_head is not None)
