@@ -141,3 +141,20 @@ def test_a_jobs_warnings_go_to_its_log_not_the_console(tmp_path, capfd):
     assert "is_gradient_checkpointing is deprecated" in (tmp_path / "run.log").read_text()
     out, err = capfd.readouterr()
     assert "deprecated" not in out + err
+
+
+def test_training_that_cannot_fit_is_refused_before_its_first_step(tmp_path, monkeypatch):
+    from prefbench import methods
+    from prefbench.train.trainer import train
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2))
+    view = View("paired", [{"chosen": ([1, 2, 3], [4, 5, 6, 7]), "rejected": ([1, 2, 3], [8, 9])} for _ in range(8)])
+    spec = TrainSpec(steps=2, batch_size=4, progress=False, save_final=False)
+    monkeypatch.setattr(compute, "memory_limit_bytes", lambda: compute.resident_bytes() + 1024)
+    with pytest.raises(UserError, match=r"training needs about .* lower the micro-batch \(trainer.batch_size"):
+        train(model, methods.build_method("orpo"), view, spec, tmp_path / "run", 0)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    monkeypatch.undo()
+    assert train(model, methods.build_method("orpo"), view, spec, tmp_path / "run", 0)["optimizer_steps"] == 2

@@ -75,7 +75,8 @@ def run_job(cfg: DictConfig, run_dir: str | Path) -> dict:
     before any folder is made; a job that fails while running records it in its summary instead."""
     transformers.utils.logging.disable_progress_bar()  # also in launcher worker processes
     transformers.utils.logging.set_verbosity_error()
-    bound_heap()
+    if cfg.model.get("source") == "pretrained":  # multi-MB activation buffers; it costs system time (page faults)
+        bound_heap()
     check_job(cfg)
     run_dir = Path(run_dir)
     sweep_dir = Path(cfg.results_dir) / cfg.sweep_name

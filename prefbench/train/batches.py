@@ -8,6 +8,7 @@ from dataclasses import fields, replace
 import torch
 
 from prefbench.data.views import View, pad_batch
+from prefbench.model.compute import check_fits, training_bytes
 from prefbench.model.logprobs import sequence_logps
 from prefbench.methods import BatchLogps, SeqLogps
 
@@ -45,13 +46,16 @@ def trained_rows(n: int, spec, world: int = 1) -> list[int]:
     return sorted(rows)
 
 
-def largest_micro_batch(view: View, batch_size: int) -> tuple[int, int]:
-    """An upper bound on one micro-batch's tokens and predicted (completion) tokens: those of the
-    ``batch_size`` longest examples of the view's trained roles."""
+def check_micro_batch_fits(model, view: View, batch_size: int, checkpointing: bool) -> None:
+    """Refuse, before training starts, a micro-batch whose estimated memory (``training_bytes`` of the
+    ``batch_size`` longest examples of the view's trained roles: an upper bound) this machine does not have."""
     roles = view.spec.roles
     tokens = sorted((sum(len(ex[r][0]) + len(ex[r][1]) for r in roles if r in ex) for ex in view.examples), reverse=True)
     predicted = sorted((sum(len(ex[r][1]) for r in roles if r in ex) for ex in view.examples), reverse=True)
-    return sum(tokens[:batch_size]), sum(predicted[:batch_size])
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    need = training_bytes(model, trainable, sum(tokens[:batch_size]), sum(predicted[:batch_size]), checkpointing)
+    check_fits(need, "training", "the micro-batch (trainer.batch_size with trainer.grad_accum, or a stage's "
+               "stages.<name>.batch_size) or task.max_length, or set trainer.gradient_checkpointing=true")
 
 
 def forward(model, view: View, indices: list[int], pad_id: int, device, statistics: frozenset[str] = frozenset(),

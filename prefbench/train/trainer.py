@@ -30,10 +30,9 @@ from prefbench.data.views import View
 from prefbench.io.checkpoint import load_checkpoint, save_checkpoint
 from prefbench.io.faults import kill_point
 from prefbench.io.results import MetricsLog
-from prefbench.model.compute import check_fits, training_bytes
 from prefbench.model.models import make_value_head, set_checkpointing
 from prefbench.model.packing import packed_attention, unpacked
-from prefbench.train.batches import batch_indices, forward, largest_micro_batch, optimizer_steps
+from prefbench.train.batches import batch_indices, check_micro_batch_fits, forward, optimizer_steps
 from prefbench.train.distributed import check_world, gather_batch
 from prefbench.train.metrics import uniform_metrics
 from prefbench.train.refcache import ReferenceLogps
@@ -218,11 +217,7 @@ def _start(model, method: Method, view: View, spec: TrainSpec, out_dir: Path, so
     accelerator = make_accelerator(spec)
     spec = replace(spec, steps=optimizer_steps(spec, len(view), accelerator.num_processes))
     if not method.needs_samples:  # an online run's micro-batches are its samples, bounded by max_new_tokens
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        check_fits(training_bytes(model, trainable, *largest_micro_batch(view, spec.batch_size),
-                                  spec.gradient_checkpointing), "training",
-                   "the micro-batch (trainer.batch_size with trainer.grad_accum, or a stage's stages.<name>.batch_size) "
-                   "or task.max_length, or set trainer.gradient_checkpointing=true")
+        check_micro_batch_fits(model, view, spec.batch_size, spec.gradient_checkpointing)
     torch.manual_seed(spec.seed)
     value_head = make_value_head(model, spec.seed).to(model.device) if "values" in method.statistics else None
     trained = [model] + [value_head] * (value_head is not None)
