@@ -123,6 +123,19 @@ def test_the_bt_judge_learns_from_its_own_split_disjoint_from_the_policys(tmp_pa
     assert len(without.data.train) == len(group.data.train) + len(group.data.judge)  # taken from train only
 
 
+def test_a_task_without_a_judge_split_keeps_the_bt_stage_it_had_before_the_setting(tmp_path):
+    """``task.judge_size: 0`` leaves the bt stage's key as a task config without the key had it: the proxy
+    references' reward models are found, not retrained from another seed."""
+    from omegaconf import open_dict
+
+    cfg = compose_config(SMOKE + ["judge=bt", f"cache_dir={tmp_path}", "judge.train.steps=2"])
+    group = prepare(cfg)
+    with_key = bt_stage(cfg, group)
+    with open_dict(cfg):
+        del cfg.task["judge_size"]
+    assert bt_stage(cfg, group) == with_key
+
+
 class FakeLLM(http.server.BaseHTTPRequestHandler):
     """Answers in turn from ``script``: a score, garbage, an out-of-range score, or a stall."""
 

@@ -217,11 +217,18 @@ def _cut(value, n: int, from_end: bool):
     return out[::-1] if from_end else out
 
 
+def task_settings(task_cfg: DictConfig) -> dict:
+    """The task's resolved settings, without a zero ``judge_size`` (no judge split): a stage keyed by them is
+    the one a task config without that key had."""
+    spec = OmegaConf.to_container(task_cfg, resolve=True)
+    if not spec.get("judge_size"):
+        spec.pop("judge_size", None)
+    return spec
+
+
 def task_spec(task_cfg: DictConfig) -> dict:
     """The task's settings, and a built-in task's version, as cached stages' keys see them."""
-    spec = OmegaConf.to_container(task_cfg, resolve=True)
-    if not spec.get("judge_size"):  # no judge split: the same stages as a task config without the key
-        spec.pop("judge_size", None)
+    spec = task_settings(task_cfg)
     if spec.get("source", "builtin") == "builtin" and spec.get("builtin"):
         spec["task_version"] = get_task(spec["builtin"]).version
     return spec

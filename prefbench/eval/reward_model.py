@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from prefbench.data.sources import task_settings
 from prefbench.io.bars import bar
 from prefbench.io.errors import UserError
 from prefbench.io.hub import friendly_hub_errors
@@ -178,7 +179,7 @@ def bt_stage(cfg: DictConfig, group) -> Path:
     judge_rows = group.data.judge if group.data.judge is not None and len(group.data.judge) else None
     train_spec = {k: v for k, v in OmegaConf.to_container(cfg.judge.train, resolve=True).items()
                   if k != "lora" or v}  # no adapters: the key of a stage configured before they existed
-    spec = {"base": group.base, "task": OmegaConf.to_container(cfg.task, resolve=True), "seed": int(cfg.seed),
+    spec = {"base": group.base, "task": task_settings(cfg.task), "seed": int(cfg.seed),
             "train": train_spec}
     if limits["max_length"] != WINDOW:  # the window changes the model; the token budget only how it is batched
         spec["max_length"] = limits["max_length"]

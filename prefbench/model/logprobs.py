@@ -178,7 +178,7 @@ def _per_token(logps: torch.Tensor, rows: torch.Tensor, counts: torch.Tensor) ->
     return out.index_put((sorted_rows, position), logps[order])
 
 
-CACHEABLE = ("tokens", "prompt", "collision")
+CACHEABLE = ("tokens", "prompt", "collision")  # the statistics of one model, which score_view can store
 LOGIT_BYTES = 1 << 28  # float32 logits of one scoring forward, at most (256 MiB): bounds a large vocabulary's pass
 
 
@@ -202,7 +202,7 @@ def _logit_bounded(view: View, rows: list[int], batch_size: int, vocab: int, pro
             tokens = 0
         batches[-1].append(i)
         tokens += n
-    return batches  # the statistics of one model, which score_view can store
+    return batches
 
 
 @torch.no_grad()
