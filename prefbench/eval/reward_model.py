@@ -25,6 +25,7 @@ from prefbench.model.models import attach_lora, set_checkpointing
 from prefbench.model.models import device as default_device
 
 WINDOW = 512  # a reward model's default window in tokens (judge.max_length)
+MAX_TOKENS = 4096  # its default padded tokens per forward (judge.max_tokens)
 
 
 def token_batches(lengths: list[int], max_tokens: int, max_rows: int, texts_per_row: int = 1) -> list[list[int]]:
@@ -34,7 +35,8 @@ def token_batches(lengths: list[int], max_tokens: int, max_rows: int, texts_per_
     groups: list[list[int]] = []
     longest = 0
     for i, n in enumerate(lengths):
-        if groups and len(groups[-1]) < max_rows and texts_per_row * (len(groups[-1]) + 1) * max(longest, n) <= max_tokens:
+        fits = texts_per_row * (len(groups[-1]) + 1) * max(longest, n) <= max_tokens if groups else False
+        if fits and len(groups[-1]) < max_rows:
             groups[-1].append(i)
             longest = max(longest, n)
         else:
@@ -45,7 +47,7 @@ def token_batches(lengths: list[int], max_tokens: int, max_rows: int, texts_per_
 
 class RewardModelJudge:
     def __init__(self, path: str, batch_size: int = 32, trust_remote_code: bool = False, device: str | None = None,
-                 new_head: bool = False, seed: int = 0, max_length: int = WINDOW, max_tokens: int = 4096):
+                 new_head: bool = False, seed: int = 0, max_length: int = WINDOW, max_tokens: int = MAX_TOKENS):
         """``new_head``: a causal LM's body plus a fresh scalar head, drawn from ``seed`` (not from whatever the
         process's random state is: a sweep job that trained a stage first would otherwise get another head).
         ``batch_size`` rows and ``max_tokens`` padded tokens at most per forward; ``max_length`` tokens per text."""
@@ -142,12 +144,13 @@ def _fit(judge: RewardModelJudge, rows: list[dict], loss_of, length_of, texts_pe
     forwards of at most ``judge.max_tokens`` padded tokens (gradient accumulation, weighted by rows), with
     gradient checkpointing; returns the mean of the last 10 losses."""
     trainable = sum(p.numel() for p in judge.model.parameters() if p.requires_grad)
-    check_fits(training_bytes(judge.model, trainable, judge.max_tokens, 0, True),
+    check_fits(training_bytes(judge.model, trainable, judge.max_tokens, 0, checkpointing=True),
                "the reward model's training", "judge.max_tokens (padded tokens per forward) or judge.max_length")
     torch.manual_seed(seed)
     judge.model.train()
     set_checkpointing(judge.model, True)
-    opt = torch.optim.AdamW([p for p in judge.model.parameters() if p.requires_grad], lr=lr, fused=True)  # no whole-model temporaries in the step
+    trained = [p for p in judge.model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trained, lr=lr, fused=True)  # fused: no whole-model temporaries in the step
     g = torch.Generator().manual_seed(seed)
     losses = []
     for _ in bar(range(steps), "reward model", unit="step"):
@@ -168,7 +171,7 @@ def _fit(judge: RewardModelJudge, rows: list[dict], loss_of, length_of, texts_pe
 def judge_limits(cfg: DictConfig) -> dict:
     """A reward-model judge's ``batch_size``, ``max_length`` and ``max_tokens`` settings."""
     return {"batch_size": int(cfg.judge.batch_size), "max_length": int(cfg.judge.get("max_length") or WINDOW),
-            "max_tokens": int(cfg.judge.get("max_tokens") or 4096)}
+            "max_tokens": int(cfg.judge.get("max_tokens") or MAX_TOKENS)}
 
 
 def bt_stage(cfg: DictConfig, group) -> Path:

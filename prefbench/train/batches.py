@@ -50,8 +50,11 @@ def check_micro_batch_fits(model, view: View, batch_size: int, checkpointing: bo
     """Refuse, before training starts, a micro-batch whose estimated memory (``training_bytes`` of the
     ``batch_size`` longest examples of the view's trained roles: an upper bound) this machine does not have."""
     roles = view.spec.roles
-    tokens = sorted((sum(len(ex[r][0]) + len(ex[r][1]) for r in roles if r in ex) for ex in view.examples), reverse=True)
-    predicted = sorted((sum(len(ex[r][1]) for r in roles if r in ex) for ex in view.examples), reverse=True)
+    def longest(size) -> list[int]:  # each example's tokens over its trained roles, largest first
+        return sorted((sum(size(*ex[r]) for r in roles if r in ex) for ex in view.examples), reverse=True)
+
+    tokens = longest(lambda prompt, completion: len(prompt) + len(completion))
+    predicted = longest(lambda prompt, completion: len(completion))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     need = training_bytes(model, trainable, sum(tokens[:batch_size]), sum(predicted[:batch_size]), checkpointing)
     check_fits(need, "training", "the micro-batch (trainer.batch_size with trainer.grad_accum, or a stage's "
