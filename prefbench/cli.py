@@ -4,6 +4,7 @@
   prefbench sweep [sweep=NAME] [k=v ...] a Hydra multirun preset, then its report
   prefbench run [k=v ...]                one job: method=, model=, task=, seed=, any config key
   prefbench eval RUN_DIR [judge=NAME]    re-evaluate a finished run without retraining
+  prefbench agree SWEEP_DIR [judge=NAME]  an LLM judge's agreement with the sweep's judge on its samples
   prefbench export RUN_DIR DEST          a finished run's policy as a Hugging Face model folder with a model card
   prefbench report SWEEP_DIR             table, plots and index.html of a sweep folder
   prefbench report SWEEP_A SWEEP_B       the two side by side, differences highlighted (B/report/compare.html)
@@ -187,6 +188,12 @@ def cmd_eval(args: list[str]) -> int:
     return 0
 
 
+def cmd_agree(args: list[str]) -> int:
+    from prefbench.eval.agreement import main as agree_main
+
+    return agree_main(args)
+
+
 def cmd_export(args: list[str]) -> int:
     if len(args) != 2:
         raise UserError("usage: prefbench export RUN_DIR DEST   (DEST: a new folder for the Hugging Face model)")
@@ -236,7 +243,7 @@ def cmd_perf(args: list[str]) -> int:
     return perf_main(args)
 
 
-COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "methods": cmd_methods, "eval": cmd_eval, "export": cmd_export,
+COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "methods": cmd_methods, "eval": cmd_eval, "agree": cmd_agree, "export": cmd_export,
             "report": cmd_report, "tune": cmd_tune, "perf": cmd_perf,
             "conform": cmd_conform}
 

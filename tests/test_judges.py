@@ -104,6 +104,10 @@ def test_bradley_terry_stage_ranks_held_out_chosen_above_rejected(shared_cache):
     rejected = judge.score(list(ev["prompt"]), list(ev["rejected_text"]))
     accuracy = sum(c > r for c, r in zip(chosen, rejected)) / len(chosen)
     assert accuracy >= 0.7, accuracy
+    from prefbench.io.stages import stage_info
+
+    info = stage_info(path)  # the stage measures the same on the same held-out pairs
+    assert info["heldout_accuracy"] == pytest.approx(accuracy) and info["heldout_pairs"] == len(chosen)
 
 
 def test_the_bt_judge_learns_from_its_own_split_disjoint_from_the_policys(tmp_path):
@@ -224,12 +228,14 @@ class PairwiseLLM(http.server.BaseHTTPRequestHandler):
     """A judge with a rule: the reply with more words wins (score: its word count); ``biased`` answers "A" whatever
     it is shown, a pure position bias. Records each prompt and the most requests it ever had in flight."""
 
-    biased, in_flight, most, seen, lock = False, 0, 0, [], threading.Lock()
+    biased, in_flight, most, seen, formats, lock = False, 0, 0, [], [], threading.Lock()
 
     def do_POST(self):  # noqa: N802
-        text = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["messages"][0]["content"]
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        text = body["messages"][0]["content"]
         with PairwiseLLM.lock:
             PairwiseLLM.seen.append(text)
+            PairwiseLLM.formats.append(body.get("response_format"))
             PairwiseLLM.in_flight += 1
             PairwiseLLM.most = max(PairwiseLLM.most, PairwiseLLM.in_flight)
         time.sleep(0.05)
@@ -249,7 +255,7 @@ class PairwiseLLM(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def pairwise_server():
-    PairwiseLLM.biased, PairwiseLLM.most, PairwiseLLM.seen = False, 0, []
+    PairwiseLLM.biased, PairwiseLLM.most, PairwiseLLM.seen, PairwiseLLM.formats = False, 0, [], []
     yield from serve(PairwiseLLM)
 
 
@@ -282,6 +288,19 @@ def test_the_prompt_templates_are_configurable_and_checked(pairwise_server, monk
     assert judge.score(["hi"], ["there"]) == [1.0] and PairwiseLLM.seen == ["Grade there for hi. Assistant: ok"]
     with pytest.raises(UserError, match=r"judge.pairwise_prompt must contain \{b\}"):
         LLMJudge(llm_cfg(pairwise_server, pairwise_prompt="{prompt}: {a}"))
+
+
+def test_the_reply_is_constrained_to_the_verdicts_schema_when_asked(pairwise_server, monkeypatch):
+    monkeypatch.setenv("PREFBENCH_TEST_KEY", "sk-test")
+    LLMJudge(llm_cfg(pairwise_server, timeout_s=5)).score(["p"], ["x"])
+    assert PairwiseLLM.formats == [None]  # not asked: no response_format in the request
+    judge = LLMJudge(llm_cfg(pairwise_server, timeout_s=5, response_format="json_schema"))
+    assert judge.score(["p"], ["x y"]) == [2.0] and judge.compare(["p"], ["a b"], ["c"])[0] == [1.0]
+    score, winner, _ = PairwiseLLM.formats[1:]
+    assert score["type"] == "json_schema" and score["json_schema"]["schema"]["required"] == ["score"]
+    assert winner["json_schema"]["schema"]["properties"]["winner"]["enum"] == ["A", "B", "tie"]
+    LLMJudge(llm_cfg(pairwise_server, timeout_s=5, response_format="json_object")).score(["p"], ["x"])
+    assert PairwiseLLM.formats[-1] == {"type": "json_object", "schema": score["json_schema"]["schema"]}
 
 
 def test_the_pairwise_win_rate_against_the_anchor_pairs_sample_j_with_sample_j(pairwise_server, monkeypatch):

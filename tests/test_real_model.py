@@ -111,3 +111,28 @@ def test_a_reward_model_step_on_the_real_model_stays_near_its_live_tensors(group
     peak = int(subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(group.base), "bounded"], capture_output=True,
                               text=True, check=True).stdout.split()[-1])
     assert peak < 2200, f"{peak} MB over the resident weights"
+
+
+def test_the_real_model_preset_plans_its_fourteen_jobs_with_the_judge_on_its_own_prompts():
+    """sweep=real_cpu: seven methods x two seeds on LoRA SmolLM2 and the HH sample, none refused, judged by the
+    in-suite reward model on a judge split that is a setting of the task (so disjoint from its other splits)."""
+    from prefbench.job.config import validate
+    from prefbench.job.sweep import plan
+
+    cfg = compose_config(["sweep=real_cpu", f"task.path={HH}"])
+    sweep_dir, jobs = plan(["sweep=real_cpu", f"task.path={HH}"], validate)
+    assert sweep_dir.name == "real_cpu" and len(jobs) == 14
+    assert not [j for j in jobs if j.refused or j.not_applicable]
+    assert {j.identity["method"] for j in jobs} == {"sft", "dpo", "ipo", "kto", "orpo", "simpo", "online_dpo"}
+    assert {j.identity["seed"] for j in jobs} == {0, 1} and {j.identity["model"] for j in jobs} == {"smollm2-135m-local"}
+    assert cfg.judge.name == "bt" and cfg.task.judge_size == 256 and cfg.model.lora.r == 16
+    assert cfg.judge.train.lora.r == 16  # the reward model trains adapters like the policy's
+
+
+def test_reading_the_gguf_file_draws_no_bar_of_the_librarys_own(capfd):
+    from prefbench.model.models import load_pretrained
+
+    cfg = compose_config(["model=smollm2-135m-local"]).model
+    model, tokenizer = load_pretrained(cfg.path, cfg)
+    assert model.num_parameters() > 100e6 and tokenizer.chat_template
+    assert "de-quantizing" not in capfd.readouterr().err

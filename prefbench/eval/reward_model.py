@@ -174,6 +174,16 @@ def judge_limits(cfg: DictConfig) -> dict:
             "max_tokens": int(cfg.judge.get("max_tokens") or MAX_TOKENS)}
 
 
+def heldout_accuracy(judge: RewardModelJudge, pairs) -> dict:
+    """How often the trained judge scores the chosen reply above the rejected one on held-out ``pairs`` (the
+    evaluation split: prompts it never trained on), and on how many pairs (``stage.json``)."""
+    prompts = list(pairs["prompt"])
+    chosen = judge.score(prompts, list(pairs["chosen_text"]))
+    rejected = judge.score(prompts, list(pairs["rejected_text"]))
+    hits = [float(c > r) for c, r in zip(chosen, rejected)]
+    return {"heldout_accuracy": sum(hits) / len(hits) if hits else None, "heldout_pairs": len(hits)}
+
+
 def bt_stage(cfg: DictConfig, group) -> Path:
     """The in-suite reward model: the group's base model plus a scalar head, fitted on the task's judge split
     (``task.judge_size`` prompts, disjoint from the policy's rows), or on its train split when that is empty;
@@ -202,6 +212,8 @@ def bt_stage(cfg: DictConfig, group) -> Path:
             stats = train_bradley_terry(judge, rows, int(hp.steps), int(hp.batch_size), float(hp.lr), int(cfg.seed))
         if hp.get("lora"):
             judge.model = judge.model.merge_and_unload()
+        if group.data.kind != "unpaired":
+            stats |= heldout_accuracy(judge, group.data.eval)
         judge.model.save_pretrained(tmp, safe_serialization=True)
         judge.tok.save_pretrained(tmp)
         return stats | {"rows": len(rows), "split": "train" if judge_rows is None else "judge"}

@@ -1,9 +1,11 @@
 """Models: architectures built from scratch (tiny Llamas, hub-size shapes), or any hub id / local path; loading and saving our own."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.resources
 import importlib.util
+import io
 import math
 import shutil
 from pathlib import Path
@@ -92,7 +94,9 @@ def load_pretrained(path: str, cfg: DictConfig, dtype: torch.dtype | None = None
     source = {"gguf_file": gguf} if gguf else {"use_safetensors": True}
     if gguf and importlib.util.find_spec("gguf") is None:
         raise UserError(f"model.gguf_file={gguf}: reading GGUF needs the gguf package: pip install 'prefbench[real]'")
-    with friendly_hub_errors("model", path):
+    # transformers' GGUF reader draws its own tqdm bar on stderr, with no switch: kept off the console
+    quiet = contextlib.redirect_stderr(io.StringIO()) if gguf else contextlib.nullcontext()
+    with friendly_hub_errors("model", path), quiet:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, trust_remote_code=trust,
                                                      attn_implementation=cfg.get("attn_implementation", "sdpa"),
                                                      **source)

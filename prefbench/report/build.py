@@ -22,7 +22,7 @@ from prefbench.report.frontier_tables import frontier_html, ranking_columns
 from prefbench.report.plots import PLOTS
 from prefbench.report.samples import samples_page
 from prefbench.report.stats import collapse_reasons
-from prefbench.report.tables import done, pairwise, sizes, statistics_html
+from prefbench.report.tables import agreement_html, done, pairwise, sizes, statistics_html
 
 
 def _hyper(row: dict) -> dict:
@@ -115,6 +115,7 @@ def build_report(sweep_dir: str | Path) -> Path:
             pairs = pairwise(df)
             write_atomic(out / "pairs.csv", pairs.to_csv(index=False))
             status += statistics_html(df, pairs, ranking_columns(df)) + frontier_html(df)
+        status += agreement_html(sweep_dir)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>prefbench: {html.escape(sweep_dir.name)}</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}}img{{max-width:100%}}
 table.runs{{border-collapse:collapse;font-size:12px}}div.wide{{overflow-x:auto}}table.runs td,table.runs th{{border:1px solid #ccc;padding:2px 5px}}

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from prefbench.io.results import read_jsonl
+from prefbench.io.results import read_json, read_jsonl
 from prefbench.methods import order_key
 from prefbench.report import stats
 
@@ -145,3 +145,27 @@ def statistics_html(df: pd.DataFrame, pairs: pd.DataFrame, extra: pd.DataFrame |
             table = table.merge(extra[extra["model"] == model].drop(columns="model"), on="series", how="left")
         parts.append(f"<h3>Ranking on {html.escape(model)}</h3>" + _table(table))
     return "".join(parts)
+
+
+def agreement_html(sweep_dir: Path) -> str:
+    """The section for ``judge_agreement.json`` (``prefbench agree``), or "" when the sweep has none."""
+    result = read_json(Path(sweep_dir) / "judge_agreement.json")
+    if not result:
+        return ""
+
+    def cell(item) -> str:
+        if not isinstance(item, dict):
+            return "" if item is None else f"{item:.3f}"
+        if item["value"] is None:
+            return "no pair"
+        return f"{item['value']:.3f} [{item['ci'][0]:.3f}, {item['ci'][1]:.3f}] (n={item['n']})"
+
+    judge = html.escape(str(result["judge"].get("server_model") or result["judge"].get("model")))
+    rows = "".join(f"<tr><td>{name}</td><td>{cell(result.get(key))}</td></tr>" for key, name in (
+        ("spearman", "Spearman correlation of the scores"), ("pointwise_agreement", "pointwise: same reply preferred"),
+        ("pairwise_agreement", "pairwise: same reply preferred"), ("pairwise_consistency", "pairwise: both orders agree")))
+    return (f"<h2>Judge agreement</h2><p>The LLM judge {judge} asked about {result['pairs']} pairs of this sweep's "
+            f"samples (two replies to one prompt), against the sweep's judge "
+            f"({html.escape(', '.join(result['sweep_judge']))}); 0.5 is chance for the agreements, 95% bootstrap "
+            f"intervals over pairs; {result['pairwise_ties']} pairwise ties, {result['unanswered']} unanswered "
+            f"(<code>prefbench agree</code>).</p><table class='runs'>{rows}</table>")
