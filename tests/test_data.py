@@ -7,6 +7,7 @@ from omegaconf import OmegaConf
 from prefbench.data.clean import clean_rows
 from prefbench.data.prepare import tokenize
 from prefbench.data.tasks import get_task, task_names
+from prefbench.data.tasks.base import Annotator
 from prefbench.data.tokenizer import train_bpe
 from prefbench.data.views import build_view, pad_batch
 from prefbench.io.errors import UserError
@@ -146,9 +147,9 @@ def test_partners_share_a_prompt_only_when_one_prompt_holds_most_examples():
 @pytest.mark.parametrize("name", task_names())
 def test_tasks_have_a_gold_reward_that_prefers_chosen(name):
     task = get_task(name)
-    pairs = task.pairs(300, 0, temperature=0.0)
+    pairs = task.pairs(300, 0, Annotator(temperature=0.0))
     assert all(task.reward(p["prompt"], p["chosen"]) > task.reward(p["prompt"], p["rejected"]) for p in pairs)
-    noisy = task.pairs(300, 0, temperature=5.0)
+    noisy = task.pairs(300, 0, Annotator(temperature=0.5))
     flipped = sum(task.reward(p["prompt"], p["chosen"]) < task.reward(p["prompt"], p["rejected"]) for p in noisy)
     assert 0 < flipped < 150  # Bradley-Terry noise flips some labels, not most
 

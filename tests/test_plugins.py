@@ -47,7 +47,7 @@ source: builtin
 builtin: repeat
 n_pairs: 600
 corpus_size: 1000
-label_temperature: 0.0
+annotator: {temperature: 0.0}
 eval_size: 32
 val_size: 32
 max_length: 64

@@ -40,7 +40,7 @@ def task_cfg(name: str, **overrides):
     return OmegaConf.merge(OmegaConf.load(CONF_DIR / "task" / f"{name}.yaml"), overrides)
 
 
-@pytest.mark.parametrize("name", ["reviews", "sorting"])
+@pytest.mark.parametrize("name", ["reviews", "sorting", "constraints", "arithmetic"])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_builtin_tasks_split_by_prompt(name, seed):
     cfg = task_cfg(name)
@@ -51,9 +51,10 @@ def test_builtin_tasks_split_by_prompt(name, seed):
     assert len(data.train) + len(data.val) + len(data.eval) == cfg.n_pairs == data.counts["rows_in"]
 
 
-def test_reviews_prompts_fit_the_prompt_length_and_each_split_is_counted():
+@pytest.mark.parametrize("name", ["reviews", "constraints", "arithmetic"])
+def test_builtin_prompts_fit_the_prompt_length_and_each_split_is_counted(name):
     """The task's own tokenizer (trained on its corpus) never truncates a prompt or a chosen completion."""
-    cfg = task_cfg("reviews")
+    cfg = task_cfg(name)
     rows, source, counts = load_rows(cfg)
     clean = clean_split(rows, cfg, 0, source, counts)
     corpus = corpus_rows(cfg, clean.train)
@@ -160,7 +161,7 @@ def test_eval_split_val_evaluates_the_validation_prompts(tmp_path, shared_cache)
     assert summary["data/prompts/val"] == 6 and summary["data/prompts/eval"] == 8
 
 
-@pytest.mark.parametrize("name", ["reviews", "sorting"])
+@pytest.mark.parametrize("name", ["reviews", "sorting", "constraints", "arithmetic"])
 def test_the_builtin_base_corpus_has_no_prompt_of_any_split(name):
     """The tokenizer and base stage pretrain on prompts that no preference pair has, so val and eval prompts
     are unseen there too, for every seed (the corpus does not depend on the split)."""

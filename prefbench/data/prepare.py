@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datasets import Dataset
 
 from prefbench.data.clean import Messages, clean_rows
+from prefbench.data.tasks import get_task
 from prefbench.io.errors import UserError
 
 
@@ -146,8 +147,20 @@ def load_clean(task_cfg, seed: int) -> tuple[CleanData, str]:
     if key not in _LAST_CLEAN:
         _LAST_CLEAN.clear()
         rows, source, counts = load_rows(task_cfg)
-        _LAST_CLEAN[key] = (clean_split(rows, task_cfg, seed, source, counts), source)
+        clean = clean_split(rows, task_cfg, seed, source, counts)
+        if task_cfg.get("source", "builtin") == "builtin" and clean.kind == "paired":
+            clean.counts["annotator_gold_agreement"] = gold_agreement(task_cfg.builtin, clean.train)
+        _LAST_CLEAN[key] = (clean, source)
     return _LAST_CLEAN[key]
+
+
+def gold_agreement(task_name: str, rows: list[dict]) -> float | None:
+    """How often the annotator's chosen side of a built-in task's cleaned rows has the higher gold reward."""
+    def text(messages: Messages) -> str:
+        return "".join(m["content"] for m in messages)
+
+    return get_task(task_name).gold_agreement([(text(r["prompt"]), text(r["chosen"]), text(r["rejected"]))
+                                               for r in rows])
 
 
 def render(clean: CleanData, tokenizer, cfg, source: str) -> TokenizedData:

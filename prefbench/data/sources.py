@@ -15,6 +15,7 @@ import json
 import os
 import zlib
 from collections import Counter
+from dataclasses import fields
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -22,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from prefbench.data.clean import clean_rows
 from prefbench.data.formats import FORMATS, convert, parse_transcript  # noqa: F401  (parse_transcript: public here too)
 from prefbench.data.tasks import get_task
+from prefbench.data.tasks.base import Annotator
 from prefbench.io.errors import UserError
 from prefbench.io.hub import friendly_hub_errors
 
@@ -38,7 +40,7 @@ def load_rows(task_cfg: DictConfig) -> tuple[list[dict], str, Counter]:
     source = task_cfg.get("source", "builtin")
     if source == "builtin":
         task = get_task(task_cfg.builtin)
-        rows = task.pairs(int(task_cfg.n_pairs), int(task_cfg.get("data_seed", 0)), float(task_cfg.label_temperature))
+        rows = task.pairs(int(task_cfg.n_pairs), int(task_cfg.get("data_seed", 0)), annotator(task_cfg))
         return rows, f"task {task.name}", Counter()
     fmt = task_cfg.get("format", "trl")
     if fmt not in FORMATS:
@@ -55,6 +57,21 @@ def load_rows(task_cfg: DictConfig) -> tuple[list[dict], str, Counter]:
     rows = [r for r in (convert(row, fmt, columns, counts) for row in raw) if r is not None]
     refuse_other_format(raw, rows, fmt, columns, name, counts, task_cfg.get("max_chars"))
     return rows, name, counts
+
+
+def annotator(task_cfg: DictConfig) -> Annotator:
+    """A built-in task's ``task.annotator`` settings (``Annotator``), checked."""
+    if "label_temperature" in task_cfg:
+        raise UserError("task.label_temperature is not a setting: the Bradley-Terry noise is task.annotator.temperature")
+    settings = dict(task_cfg.get("annotator") or {})
+    allowed = [f.name for f in fields(Annotator)]
+    unknown = sorted(set(settings) - set(allowed))
+    if unknown:
+        raise UserError(f"task.annotator: unknown setting(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+    try:
+        return Annotator(**{k: float(v) for k, v in settings.items()})
+    except (TypeError, ValueError) as e:
+        raise UserError(f"task.annotator: {e}") from None
 
 
 def readable(raw: list, fmt: str, columns: dict, max_chars: int | None) -> int:

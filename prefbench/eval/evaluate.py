@@ -123,6 +123,10 @@ def evaluate(spec: EvalSpec, group, model, run_dir: Path, judging: Judging, step
             "cost/curve_sample_seconds": curve_seconds(run_dir)}
     if gold_scores is not None:
         out["eval/gold_score_mean"] = em.judged_mean(gold_scores)
+    task = getattr(judging.gold or judging.judge, "task", None)
+    if task is not None and task.binary_reward:  # scored by the gold reward, here or beside a proxy judge
+        truth = _by_prompt(gold_scores if gold_scores is not None else scores, k)
+        out |= {"eval/pass_at_1": em.pass_at(truth, 1), "eval/pass_at_k": em.pass_at(truth, k)}
     if spec.diversity:
         out["eval/pid"], out["eval/aid"] = em.pid_aid(_by_prompt(list(embed(texts)), k))
     n_params = count_params(model)

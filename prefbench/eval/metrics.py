@@ -1,6 +1,7 @@
 """Evaluation metrics shared by every run (README, "summary.json"). Pure functions."""
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -81,3 +82,13 @@ def prompt_means(values: Sequence[float], k: int) -> np.ndarray:
     if len(values) % k:
         raise ValueError(f"{len(values)} values are not {k} per prompt")
     return values.reshape(-1, k).mean(axis=1)
+
+
+def pass_at(scores_by_prompt: Sequence[Sequence[float]], k: int) -> float:
+    """Mean over prompts of the unbiased pass@k from n >= k samples with c correct (Chen et al. 2021, eq. 1):
+    pass@k = 1 - C(n - c, k) / C(n, k); a sample is correct when its gold reward is 1."""
+    values = []
+    for scores in scores_by_prompt:
+        n, c = len(scores), sum(s == 1 for s in scores)
+        values.append(1.0 - math.comb(n - c, k) / math.comb(n, k))
+    return float(np.mean(values))

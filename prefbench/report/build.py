@@ -22,7 +22,7 @@ from prefbench.report.frontier_tables import frontier_html, ranking_columns
 from prefbench.report.plots import PLOTS
 from prefbench.report.samples import samples_page
 from prefbench.report.stats import collapse_reasons
-from prefbench.report.tables import agreement_html, done, pairwise, sizes, statistics_html
+from prefbench.report.tables import agreement_html, annotator_html, done, pairwise, sizes, statistics_html
 
 
 def _hyper(row: dict) -> dict:
@@ -56,9 +56,9 @@ def load_runs(sweep_dir: str | Path) -> pd.DataFrame:
 
 
 TABLE_COLUMNS = ["method", "series", "model", "seed", "hyper", "status", "n_params", "eval/win_rate_vs_sft",
-                 "eval/win_rate_vs_chosen", "collapsed", "collapse_reason", "eval/score_mean", "eval/reward_margin", "eval/reward_accuracy",
-                 "eval/kl", "eval/pid", "eval/distinct_2", "cost/total_train_flops", "cost/train_tokens_per_s", "wall_seconds",
-                 "error"]
+                 "eval/win_rate_vs_chosen", "eval/pass_at_1", "eval/pass_at_k", "collapsed", "collapse_reason",
+                 "eval/score_mean", "eval/reward_margin", "eval/reward_accuracy", "eval/kl", "eval/pid",
+                 "eval/distinct_2", "cost/total_train_flops", "cost/train_tokens_per_s", "wall_seconds", "error"]
 
 
 def _html_table(df: pd.DataFrame) -> str:
@@ -115,7 +115,7 @@ def build_report(sweep_dir: str | Path) -> Path:
             pairs = pairwise(df)
             write_atomic(out / "pairs.csv", pairs.to_csv(index=False))
             status += statistics_html(df, pairs, ranking_columns(df)) + frontier_html(df)
-        status += agreement_html(sweep_dir)
+        status += annotator_html(df) + agreement_html(sweep_dir)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>prefbench: {html.escape(sweep_dir.name)}</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}}img{{max-width:100%}}
 table.runs{{border-collapse:collapse;font-size:12px}}div.wide{{overflow-x:auto}}table.runs td,table.runs th{{border:1px solid #ccc;padding:2px 5px}}

@@ -157,7 +157,8 @@ def diagnostics(df: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
 
 def ranking_columns(df: pd.DataFrame) -> pd.DataFrame:
     """Columns for the ranking tables per (series, model): the matched-KL win rate vs SFT (with its CI over
-    seeds) and the mean over seeds of the length-controlled win rate."""
+    seeds), the mean over seeds of the length-controlled win rate, and of pass@1 and pass@k (k samples a prompt)
+    on a task whose gold reward is right or wrong."""
     m = matched_kl(df, load_curves(df), load_best_of_n(df))
     out = m.rename(columns={"mean": "win rate at matched KL", "ci_low": "matched_ci_low",
                             "ci_high": "matched_ci_high"})[["series", "model", "kl_budget", "win rate at matched KL",
@@ -166,6 +167,11 @@ def ranking_columns(df: pd.DataFrame) -> pd.DataFrame:
     if "eval/lc_win_rate_vs_sft" in c:
         lc = c.groupby(["series", "model"])["eval/lc_win_rate_vs_sft"].mean().rename("LC win rate").reset_index()
         out = out.merge(lc, on=["series", "model"], how="outer")
+    passes = [k for k in ("eval/pass_at_1", "eval/pass_at_k") if k in c and c[k].notna().any()]
+    if passes:  # a task whose gold reward is right or wrong: the seed means of pass@1 and pass@k
+        p = c.groupby(["series", "model"])[passes].mean().reset_index()
+        out = out.merge(p.rename(columns={k: k.removeprefix("eval/").replace("_at_", "@") for k in passes}),
+                        on=["series", "model"], how="outer")
     return out
 
 

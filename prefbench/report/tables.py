@@ -169,3 +169,22 @@ def agreement_html(sweep_dir: Path) -> str:
             f"({html.escape(', '.join(result['sweep_judge']))}); 0.5 is chance for the agreements, 95% bootstrap "
             f"intervals over pairs; {result['pairwise_ties']} pairwise ties, {result['unanswered']} unanswered "
             f"(<code>prefbench agree</code>).</p><table class='runs'>{rows}</table>")
+
+
+def annotator_html(df: pd.DataFrame) -> str:
+    """Per built-in task: who labelled its pairs (``task.annotator``) and how often the label agrees with the
+    gold reward on the training pairs (``data/annotator_gold_agreement``, over the runs' seeds); "" without it."""
+    key = "data/annotator_gold_agreement"
+    if key not in df or df[key].isna().all():
+        return ""
+    settings = [c for c in df if c.startswith("config.task.annotator.")]
+    rows = []
+    for task, runs in df[df[key].notna()].groupby("task", sort=True):
+        seeds = runs.drop_duplicates("seed")[key]
+        rows.append({"task": task, **{c.removeprefix("config.task.annotator."): runs[c].iloc[0] for c in settings},
+                     "agreement with gold (mean over seeds)": seeds.mean(),
+                     "min": seeds.min(), "max": seeds.max(), "seeds": len(seeds)})
+    return ("<h2>Annotators</h2><p>Who labelled each built-in task's preference pairs (simulated: Bradley-Terry "
+            "noise, label flips, length bias; <code>task.annotator</code>), and how often the chosen side of a "
+            "training pair has the higher gold reward. Evaluation always uses the noiseless gold reward.</p>"
+            + _table(pd.DataFrame(rows)))
