@@ -27,7 +27,7 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("perf", "the trainer against TRL's on identical inputs",
      ("inputs", "measure", "trl_adapters", "online", "plot", "sides")),
     ("report", "statistics, tables, plots, the HTML page",
-     ("stats", "tables", "plots", "frontier_tables", "samples", "compare", "frontier_plots", "build",
+     ("stats", "tables", "transfer", "plots", "frontier_tables", "samples", "compare", "frontier_plots", "build",
       "tuning")),
 )
 TOP = ("conformance", "cli")  # the method conformance checks and the command line, above every layer

@@ -130,3 +130,31 @@ def test_every_eval_setting_reaches_the_spec():
     assert (spec.split, s.samples_per_prompt, s.temperature, s.top_p, s.batch_size) == ("val", 3, 0.7, 1.0, 5)
     assert (spec.bootstrap, spec.beta, spec.diversity, spec.curve_fractions) == (7, 0.3, False, (0.5,))
     assert (spec.curve_samples_per_prompt, spec.best_of_n, spec.seed) == (3, 8, 4)
+
+
+def test_the_anchors_judged_scores_and_pair_log_probs_are_computed_once_per_group(group, shared_cache, tmp_path):
+    """The second run of a group scores only its own samples: the judge's scores of the anchor's samples and of
+    the chosen replies, and the anchor's log-probs of the held-out pairs, come from the cache, and every
+    evaluation number equals the first run's (which computed them)."""
+    shutil.copytree(shared_cache, tmp_path / "cache",
+                    ignore=shutil.ignore_patterns("anchor_scores", "anchor_pair_logps", "*.lock"))
+    cfg = compose_config(SMOKE + [f"cache_dir={tmp_path / 'cache'}", "eval.best_of_n=0"])
+    group = prepare(cfg)
+    spec, judging = EvalSpec.from_config(cfg), make_judging(cfg, group)
+    scored = []
+    real_score = judging.judge.score
+    judging.judge.score = lambda prompts, texts: scored.append(len(texts)) or real_score(prompts, texts)
+    policy = load_model(group.sft_stage())
+    first = evaluate(spec, group, policy, tmp_path / "a", judging)
+    built, scored[:] = list(scored), []
+    second = evaluate(spec, group, policy, tmp_path / "b", judging)
+    n_samples = first["eval/n_prompts"] * first["eval/samples_per_prompt"]
+    assert built == [n_samples, n_samples, first["eval/n_prompts"]] and scored == [n_samples]
+    assert {k: v for k, v in first.items() if not k.startswith("cost/")} == \
+        {k: v for k, v in second.items() if not k.startswith("cost/")}
+    (pair_file,) = (tmp_path / "cache" / "anchor_pair_logps").glob(f"{group.sft_stage().name}-*.json")
+    anchor = load_model(group.sft_stage())
+    live = score_view(anchor, build_view("paired", "paired", group.data.eval, 0), group.pad_id, 64, "cpu")
+    cached = json.loads(pair_file.read_text())
+    assert torch.equal(torch.tensor(cached["chosen.sum"], dtype=torch.float32), live["chosen.sum"])
+    assert len(list((tmp_path / "cache" / "anchor_scores").glob("*.json"))) == 1

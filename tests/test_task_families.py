@@ -13,6 +13,7 @@ import random
 from collections import Counter
 
 import numpy as np
+import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
@@ -234,30 +235,41 @@ def test_bad_annotator_settings_are_one_line(overrides, message):
         annotator(task_cfg("reviews", **overrides))
 
 
-def test_a_sweep_over_the_new_tasks_runs_and_the_report_shows_each_tasks_annotator(tmp_path, shared_cache):
-    """SFT and DPO on constraints (25% flipped labels) and arithmetic: every run done, evaluated by the task's
-    gold reward, and the report's Annotators table gives each task's agreement with gold."""
+def test_a_sweep_over_two_tasks_ranks_each_task_and_says_what_travels(tmp_path, shared_cache):
+    """SFT, DPO and IPO on constraints (25% flipped labels) and arithmetic, two seeds: every run done and judged
+    by the task's gold reward; the report ranks each task on its own, measures the agreement across the two
+    (Kendall's W, tau), shows each task's annotator and arithmetic's pass@k."""
     sweep = tmp_path / "t"
-    prefbench("sweep", "task=constraints,arithmetic", "method=sft,dpo", "task.annotator.flip_rate=0.25",
+    prefbench("sweep", "task=constraints,arithmetic", "method=sft,dpo,ipo", "seed=0,1",
+              "task.annotator.flip_rate=0.25",
               f"results_dir={tmp_path}", "sweep_name=t", f"cache_dir={shared_cache}", *SMOKE)
-    summaries = {p.name.split("-")[0] + "-" + p.name.split("-")[3]: json.loads((p / "summary.json").read_text())
-                 for p in sweep.iterdir() if (p / "summary.json").exists()}
-    assert sorted(summaries) == ["arithmetic-dpo", "arithmetic-sft", "constraints-dpo", "constraints-sft"]
+    runs = {p.name.split(",")[0].split("--")[0].replace("-tiny-xs", ""): p for p in sweep.iterdir()
+            if (p / "summary.json").exists()}
+    summaries = {name: json.loads((p / "summary.json").read_text()) for name, p in runs.items()}
+    assert sorted(summaries) == sorted(f"{t}-{m}-s{s}" for t in ("arithmetic", "constraints")
+                                       for m in ("sft", "dpo", "ipo") for s in (0, 1))
     for name, s in summaries.items():
         assert s["status"] == "done" and s["eval/judge"] == "gold", name
         assert 0.5 < s["data/annotator_gold_agreement"] < 0.95, name
-    prefbench("report", str(sweep))
-    page = (sweep / "report" / "index.html").read_text()
-    assert "<h2>Annotators</h2>" in page and page.count("<td>0.250</td>") >= 2
-    for task in ("arithmetic", "constraints"):
-        assert f"<td>{task}</td>" in page
-    for name in ("arithmetic-sft", "arithmetic-dpo"):  # 8 prompts x 2 samples, scored by the gold reward
-        rows = [json.loads(line) for line in (sweep / [p.name for p in sweep.iterdir() if p.name.startswith(
-            name.replace("-", "-tiny-xs-"))][0] / "samples.jsonl").read_text().splitlines()]
+    for name in ("arithmetic-sft-s0", "arithmetic-dpo-s1"):  # 8 prompts x 2 samples, scored by the gold reward
+        rows = [json.loads(line) for line in (runs[name] / "samples.jsonl").read_text().splitlines()]
         by_prompt = [[r["score"] for r in rows if r["prompt_index"] == i] for i in range(8)]
         assert summaries[name]["eval/pass_at_1"] == pytest.approx(np.mean([np.mean(s) for s in by_prompt]))
         assert summaries[name]["eval/pass_at_k"] == pytest.approx(np.mean([max(s) for s in by_prompt]))
-    assert "eval/pass_at_1" not in summaries["constraints-sft"] and "pass@k" in page
+    assert "eval/pass_at_1" not in summaries["constraints-sft-s0"]
+
+    prefbench("report", str(sweep))
+    page = (sweep / "report" / "index.html").read_text()
+    assert "<h2>Annotators</h2>" in page and page.count("<td>0.250</td>") >= 2
+    assert "<h2>Across tasks</h2>" in page and "Kendall&#x27;s W over 2 tasks at tiny-xs" in page.replace("'", "&#x27;")
+    assert "<td>arithmetic and constraints</td>" in page and "pass@k" in page
+    for task in ("arithmetic", "constraints"):
+        assert f"<h2>Task: {task}</h2>" in page and f"<td>{task}</td>" in page
+    ranked = page.split("<h2>Across tasks</h2>")[1].split("<h2>Task: constraints</h2>")[0]
+    assert "task.name=" not in ranked and "<td>DPO</td>" in ranked  # each task's series named by method alone
+    pairs = pd.read_csv(sweep / "report" / "pairs.csv")
+    assert set(pairs["task"]) == {"arithmetic", "constraints"} and set(pairs["a"]) | set(pairs["b"]) == {
+        "sft", "dpo", "ipo"}
 
 
 def test_pass_at_k_is_the_unbiased_estimator_on_hand_computed_counts():
@@ -268,3 +280,16 @@ def test_pass_at_k_is_the_unbiased_estimator_on_hand_computed_counts():
     assert pass_at([[0, 1, 0, 0]], 1) == pytest.approx(0.25) and pass_at([[0, 1, 0, 0]], 2) == pytest.approx(0.5)
     assert pass_at([[0, 1, 0, 0], [1, 1, 0, 0]], 2) == pytest.approx((0.5 + 1 - 1 / 6) / 2)
     assert pass_at([[0.5, 1, 0, 0]], 4) == 1.0  # only a reward of exactly 1 counts as correct
+
+
+def test_the_annotators_preset_plans_five_methods_under_three_annotators():
+    from prefbench.job.config import register_resolvers, validate
+    from prefbench.job.sweep import plan
+
+    register_resolvers()
+    sweep_dir, jobs = plan(["sweep=annotators"], validate)
+    assert sweep_dir.name == "annotators" and len(jobs) == 45 and not any(j.refused for j in jobs)
+    assert {j.identity["model"] for j in jobs} == {"tiny-xs"}
+    settings = {next(o for o in j.overrides if o.startswith("task.annotator=")) for j in jobs}
+    assert settings == {"task.annotator={temperature:0.0}", "task.annotator={temperature:0.0,flip_rate:0.25}",
+                        "task.annotator={temperature:0.0,length_bias:0.1}"}

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from prefbench.data.views import View, build_view
 from prefbench.eval import metrics as em
@@ -38,6 +39,39 @@ def _anchor_samples(spec: EvalSpec, group, anchor, prompt_ids) -> list[list[list
     return cached_json(spec.cache_dir, "anchor_samples", Path(group.sft_stage()).name,
                        [prompt_ids, spec.sampling.key(), spec.seed, "anchor"],
                        lambda: generate(anchor, group.tokenizer, prompt_ids, spec.sampling, spec.seed, "anchor"))
+
+
+def _anchor_pair_logps(spec: EvalSpec, group, anchor, pairs: View) -> dict[str, torch.Tensor]:
+    """The anchor's ``score_view`` of the held-out pairs: the same for every run of a group, computed once and
+    cached (float32 values round-trip JSON exactly)."""
+    device = next(anchor.parameters()).device
+
+    def build() -> dict:
+        return {key: value.tolist() for key, value in score_view(anchor, pairs, group.pad_id, 64, device).items()}
+
+    found = cached_json(spec.cache_dir, "anchor_pair_logps", Path(group.sft_stage()).name,
+                        [pairs.examples, "anchor_pair_logps"], build)
+    return {key: torch.tensor([float("nan") if v is None else v for v in values], dtype=torch.float32)
+            for key, values in found.items()}
+
+
+def _anchor_judged(spec: EvalSpec, group, judging: Judging, prompts: list, anchor_texts: list[str], k: int,
+                   chosen_texts: list[str] | None) -> tuple[list, list | None]:
+    """The judge's scores of the anchor's samples and of the dataset's chosen replies. Every run of a group
+    asks for the same ones, so a judge that scores a text the same way each time (``cacheable``: the gold
+    reward, a reward model) computes them once, cached; an LLM judge is asked again."""
+    judge = judging.judge
+
+    def build() -> dict:
+        return {"anchor": judge.score([p for p in prompts for _ in range(k)], anchor_texts),
+                "chosen": judge.score(prompts, chosen_texts) if chosen_texts is not None else None}
+
+    if not getattr(judge, "cacheable", False):
+        found = build()
+    else:
+        found = cached_json(spec.cache_dir, "anchor_scores", Path(group.sft_stage()).name,
+                            [prompts, anchor_texts, chosen_texts, judging.config, "anchor_scores"], build)
+    return found["anchor"], found["chosen"]
 
 
 def _by_prompt(flat: list, k: int) -> list[list]:
@@ -67,7 +101,7 @@ def evaluate(spec: EvalSpec, group, model, run_dir: Path, judging: Judging, step
     out: dict = {}
     if group.data.kind == "paired":
         pairs = build_view("paired", "paired", ev, seed)
-        pol, anc = (score_view(m, pairs, group.pad_id, 64, device) for m in (model, anchor))
+        pol, anc = score_view(model, pairs, group.pad_id, 64, device), _anchor_pair_logps(spec, group, anchor, pairs)
         margin = spec.beta * ((pol["chosen.sum"] - anc["chosen.sum"]) - (pol["rejected.sum"] - anc["rejected.sum"]))
         out |= {"eval/reward_margin": float(margin.mean()), "eval/reward_accuracy": float((margin > 0).float().mean()),
                 "eval/logps_chosen": float(pol["chosen.sum"].mean()),
@@ -81,8 +115,8 @@ def evaluate(spec: EvalSpec, group, model, run_dir: Path, judging: Judging, step
     t_judge = time.perf_counter()
     scores = judge.score([prompts[i] for i, _ in flat], texts)
     gold_scores = gold.score([prompts[i] for i, _ in flat], texts) if gold else None
-    anchor_scores = judge.score([p for p in prompts for _ in range(k)], anchor_texts)
-    chosen_scores = judge.score(prompts, list(ev["chosen_text"])) if "chosen_text" in ev.column_names else None
+    anchor_scores, chosen_scores = _anchor_judged(spec, group, judging, prompts, anchor_texts, k,
+                                                  list(ev["chosen_text"]) if "chosen_text" in ev.column_names else None)
     pairwise = _pairwise_vs_anchor(judge, prompts, texts, anchor_texts, k, spec.bootstrap, seed) \
         if judging.config.get("mode") == "pairwise" else {}
     judge_seconds = time.perf_counter() - t_judge

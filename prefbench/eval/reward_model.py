@@ -46,6 +46,7 @@ def token_batches(lengths: list[int], max_tokens: int, max_rows: int, texts_per_
 
 
 class RewardModelJudge:
+    cacheable = True  # a fixed model: the same text always gets the same score
     def __init__(self, path: str, batch_size: int = 32, trust_remote_code: bool = False, device: str | None = None,
                  new_head: bool = False, seed: int = 0, max_length: int = WINDOW, max_tokens: int = MAX_TOKENS):
         """``new_head``: a causal LM's body plus a fresh scalar head, drawn from ``seed`` (not from whatever the

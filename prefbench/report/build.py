@@ -23,6 +23,7 @@ from prefbench.report.plots import PLOTS
 from prefbench.report.samples import samples_page
 from prefbench.report.stats import collapse_reasons
 from prefbench.report.tables import agreement_html, annotator_html, done, pairwise, sizes, statistics_html
+from prefbench.report.transfer import by_task, transfer_html
 
 
 def _hyper(row: dict) -> dict:
@@ -35,24 +36,44 @@ def load_runs(sweep_dir: str | Path) -> pd.DataFrame:
     """One row per job the sweep asked for (``sweep.json``) and per run folder, whatever its status.
     ``series`` is the method, plus the values of any swept config key other than method, model and seed,
     so runs of different settings are never averaged together; ``df.attrs["swept"]`` lists those keys.
+    ``task_setting`` is the task plus its swept settings (``reviews [annotator.flip_rate=0.25]``).
     ``collapsed`` / ``collapse_reason`` mark done runs that are collapsed or over-optimised (prefbench.report.stats)."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise UserError(f"{sweep_dir}: no such sweep folder")
     rows = run_rows(sweep_dir)
-    swept = swept_keys(rows)
+    swept = _task_named_once(swept_keys(rows), rows)
     for row in rows:
         row |= _hyper(row)
-        values = {k: row.get("config." + k) for k in swept}
-        variant = ",".join(f"{k}={v}" for k, v in values.items()  # a key this method lacks is None or NaN
-                           if v is not None and not (isinstance(v, float) and v != v))
-        row["series"] = f"{row.get('method')} [{variant}]" if variant else row.get("method")
+        row["series"] = _named(row.get("method"), row, swept)
+        row["task_setting"] = _named(row.get("task"), row, [k for k in swept if k.startswith("task.")
+                                                            and k != "task.name"], "task.")
     df = pd.DataFrame(rows)
     reasons = collapse_reasons(df).where(df["status"].isin(["done", "partial"]), "") if "status" in df else ""
     df["collapse_reason"] = reasons
     df["collapsed"] = df["collapse_reason"] != ""
     df.attrs["swept"] = swept
     return df
+
+
+def _named(head, row: dict, keys: list[str], strip: str = "") -> str:
+    """``head [k=v,...]`` with the row's values of ``keys`` (a key this method lacks is None or NaN: left out)."""
+    values = {k: row.get("config." + k) for k in keys}
+    variant = ",".join(f"{k.removeprefix(strip)}={v}" for k, v in values.items()
+                       if v is not None and not (isinstance(v, float) and v != v))
+    return f"{head} [{variant}]" if variant else head
+
+
+def _task_named_once(swept: list[str], rows: list[dict]) -> list[str]:
+    """Swept keys, without the ``task.*`` settings that only follow ``task.name`` when the task itself is swept
+    (``dpo [task.name=arithmetic]``, not every setting in which the task yamls differ)."""
+    if "task.name" not in swept:
+        return swept
+    tasks: dict = {}
+    for r in rows:
+        tasks.setdefault(r.get("config.task.name"), []).append(r)
+    return [k for k in swept if k == "task.name" or not k.startswith("task.")
+            or any(len({repr(r.get("config." + k)) for r in group}) > 1 for group in tasks.values())]
 
 
 TABLE_COLUMNS = ["method", "series", "model", "seed", "hyper", "status", "n_params", "eval/win_rate_vs_sft",
@@ -65,6 +86,22 @@ def _html_table(df: pd.DataFrame) -> str:
     # an empty cell, not "None": pandas' na_rep does not reach a Python None in an object column (a done run's error)
     return df.astype(object).where(df.notna(), "").to_html(index=False, float_format=lambda v: f"{v:.3f}",
                                                           classes="runs")
+
+
+def _statistics(df: pd.DataFrame, out: Path) -> str:
+    """Conclusions and ranking tables, with report/pairs.csv: per task setting when the sweep has several
+    (tasks, or one task under several annotators), after the section on what holds across them
+    (``prefbench.report.transfer``)."""
+    several = "task_setting" in df and df["task_setting"].nunique() > 1
+    tasks = by_task(df) if several else {"": df}
+    parts, tables = [transfer_html(df)[0] if several else ""], []
+    for task, runs in tasks.items():
+        pairs = pairwise(runs)
+        tables.append(pairs.assign(task=task) if task else pairs)
+        parts.append((f"<h2>Task: {html.escape(task)}</h2>" if task else "")
+                     + statistics_html(runs, pairs, ranking_columns(runs)))
+    write_atomic(out / "pairs.csv", pd.concat(tables, ignore_index=True).to_csv(index=False))
+    return "".join(parts)
 
 
 def build_report(sweep_dir: str | Path) -> Path:
@@ -112,9 +149,7 @@ def build_report(sweep_dir: str | Path) -> Path:
             write_atomic(out / "samples.html", samples_page(df, sweep_dir.name))
             status += "<p><a href='samples.html'>Browse the samples</a>: each method's replies side by side.</p>"
         if not done(df).empty and "n_params" in df:
-            pairs = pairwise(df)
-            write_atomic(out / "pairs.csv", pairs.to_csv(index=False))
-            status += statistics_html(df, pairs, ranking_columns(df)) + frontier_html(df)
+            status += _statistics(df, out) + frontier_html(df)
         status += annotator_html(df) + agreement_html(sweep_dir)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>prefbench: {html.escape(sweep_dir.name)}</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}}img{{max-width:100%}}

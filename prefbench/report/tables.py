@@ -179,7 +179,7 @@ def annotator_html(df: pd.DataFrame) -> str:
         return ""
     settings = [c for c in df if c.startswith("config.task.annotator.")]
     rows = []
-    for task, runs in df[df[key].notna()].groupby("task", sort=True):
+    for task, runs in df[df[key].notna()].groupby("task_setting" if "task_setting" in df else "task", sort=True):
         seeds = runs.drop_duplicates("seed")[key]
         rows.append({"task": task, **{c.removeprefix("config.task.annotator."): runs[c].iloc[0] for c in settings},
                      "agreement with gold (mean over seeds)": seeds.mean(),
