@@ -101,10 +101,6 @@ def verdicts(pairs: dict[str, pd.DataFrame]) -> dict[tuple[str, str], dict[str, 
     return out
 
 
-def _cells_text(cells: list[str]) -> str:
-    return ", ".join(cells)
-
-
 def travel_sentences(summaries: dict[str, pd.DataFrame], pairs: dict[str, pd.DataFrame],
                      anchor: str = "sft") -> list[str]:
     """One sentence per method against the anchor and per pair of methods with a verdict somewhere: where it
@@ -118,11 +114,11 @@ def travel_sentences(summaries: dict[str, pd.DataFrame], pairs: dict[str, pd.Dat
         both = set(rows.loc[rows["series"] == a, "cell"]) & set(rows.loc[rows["series"] == b, "cell"])
         la, lb = stats._label(a), stats._label(b)
         if v["a"] and v["b"]:
-            inversions.append(f"Inversion: {la} > {lb} on {_cells_text(v['a'])}, but {lb} > {la} on "
-                              f"{_cells_text(v['b'])}.")
+            inversions.append(f"Inversion: {la} > {lb} on {', '.join(v['a'])}, but {lb} > {la} on "
+                              f"{', '.join(v['b'])}.")
             continue
         win, lose, cells = (la, lb, v["a"]) if v["a"] else (lb, la, v["b"])
-        where = "every task and size" if set(cells) == both else f"{_cells_text(cells)} only"
+        where = "every task and size" if set(cells) == both else ", ".join(cells) + " only"
         holds.append(f"{win} > {lose} on {where} (of {len(both)} with both).")
     for series in sorted(set(rows["series"]) - {anchor}):
         mine = rows[rows["series"] == series]
@@ -131,10 +127,11 @@ def travel_sentences(summaries: dict[str, pd.DataFrame], pairs: dict[str, pd.Dat
         if above and len(above) == len(mine):
             holds.append(f"{name} > SFT on every task and size ({len(mine)}).")
         elif above or below:
-            parts = ([f"> SFT on {_cells_text(above)}"] if above else []) + \
-                ([f"< SFT on {_cells_text(below)}"] if below else [])
-            holds.append(f"{name} {'; '.join(parts)}; not distinguishable from SFT on the other "
-                         f"{len(mine) - len(above) - len(below)}.")
+            rest = len(mine) - len(above) - len(below)
+            parts = ([f"> SFT on {', '.join(above)}"] if above else []) + \
+                ([f"< SFT on {', '.join(below)}"] if below else []) + \
+                ([f"not distinguishable from SFT on the other {rest}"] if rest else [])
+            holds.append(f"{name} {'; '.join(parts)}.")
     return inversions + holds
 
 
